@@ -1,0 +1,1 @@
+"""The packet bus: MediaPacket, its wire format, ZeroMQ sockets under trio, the proxy."""

@@ -1,0 +1,185 @@
+"""One stream's fan-out in one process: mux each packet once, queue the same bytes to every viewer.
+
+The hub is the FeedSink of a stream's bus feed. It keeps what a late joiner needs (GopCache),
+makes timestamps monotonic across publisher reconnects, and starts each viewer on a keyframe
+with the metadata and sequence headers first.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Hashable
+from typing import Protocol
+
+from broker.fanout import ViewerQueue
+from broker.gop import GopCache
+from broker.packet import MediaPacket, StreamKey, TrackKind, rescale
+
+# Muxes one packet for one output variant (e.g. an RTMP message stream id); called once per
+# packet and variant, never per viewer.
+Mux = Callable[[MediaPacket, Hashable], bytes]
+
+# Where a new publisher's timestamps continue after the previous one's last frame.
+REPUBLISH_GAP_MS = 40
+# Without metadata to say which tracks exist, a stream is declared audio-only (or video-only)
+# once this many frames of the one track came without the other's sequence header.
+AUDIO_ONLY_AFTER_FRAMES = 25
+VIDEO_ONLY_AFTER_FRAMES = 15
+
+
+class ViewerHandler(Protocol):
+    def begin(self, *, audio: bool, video: bool) -> bytes: ...  # bytes before the first packet
+    def ended(self) -> bool: ...  # publisher left; True = close this viewer
+
+
+class Viewer:
+    __slots__ = ("handler", "protocol", "queue", "started", "variant")
+
+    def __init__(self, protocol: str, handler: ViewerHandler, *, cache_frames: int,
+                 variant: Hashable = None) -> None:
+        self.protocol = protocol
+        self.handler = handler
+        self.variant = variant
+        self.queue = ViewerQueue(cache_frames)
+        self.started = False
+
+
+class StreamHub:
+    def __init__(self, key: StreamKey, mux: Mux) -> None:
+        self.key = key
+        self.mux = mux
+        self.viewers: set[Viewer] = set()
+        self.cache = GopCache()
+        self.live = False  # a publisher is on and the hub can start viewers
+        self._offset = 0  # ms added to every timestamp of the current session
+        self._last_dts = 0  # ms, last output dts over all tracks
+        self._rebase = False  # next packet of a new session fixes the offset
+        self._expect_video = False
+        self._resync = False
+
+    # -- FeedSink ------------------------------------------------------------------------------
+
+    def on_session(self) -> None:
+        had = self.cache.gop or self.cache.video_config or self.cache.audio_config
+        self.cache = GopCache()
+        self._rebase = bool(had) or self._last_dts > 0
+        self._expect_video = False
+        self.live = False
+        self._resync = False
+
+    def on_discontinuity(self) -> None:
+        self._resync = True
+        self.cache.gop.clear()
+
+    def on_end(self) -> None:
+        self.live = False
+        for viewer in list(self.viewers):
+            if viewer.handler.ended():
+                viewer.queue.close()
+                self.viewers.discard(viewer)
+            else:
+                viewer.started = False  # starts again at the next publisher's keyframe
+
+    def on_packet(self, pkt: MediaPacket) -> None:
+        pkt = self._retime(pkt)
+        if pkt.kind is TrackKind.DATA:
+            self._expect_video = self._expect_video or _mentions_video(pkt.payload)
+        elif pkt.kind is TrackKind.VIDEO:
+            self._expect_video = True
+        sync = pkt.keyframe and pkt.kind is TrackKind.VIDEO
+        if self._resync:
+            if not sync and self.cache.has_video:
+                return
+            self._resync = False
+        self.cache.add(pkt)
+        if not self.live:
+            self._check_live()
+            return
+        if not pkt.is_config:
+            sync = sync or (pkt.kind is TrackKind.AUDIO and not self.cache.has_video)
+        by_variant: dict[Hashable, bytes] = {}
+        for viewer in self.viewers:
+            if not viewer.started:
+                if sync:
+                    self._start(viewer)
+                continue
+            data = by_variant.get(viewer.variant)
+            if data is None:
+                data = by_variant[viewer.variant] = self.mux(pkt, viewer.variant)
+            if pkt.is_config or pkt.kind is TrackKind.DATA:
+                viewer.queue.push_control(data)
+            else:
+                viewer.queue.push(data, sync=sync)
+
+    # -- viewers -------------------------------------------------------------------------------
+
+    def add(self, viewer: Viewer) -> None:
+        self.viewers.add(viewer)
+        if self.live:
+            self._start(viewer)
+
+    def remove(self, viewer: Viewer) -> None:
+        self.viewers.discard(viewer)
+        viewer.queue.close()
+
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for viewer in self.viewers:
+            out[viewer.protocol] = out.get(viewer.protocol, 0) + 1
+        return out
+
+    def _start(self, viewer: Viewer) -> None:
+        snapshot = self.cache.snapshot()
+        if not any(p.kind is not TrackKind.DATA and not p.is_config for p in snapshot):
+            return  # nothing to start on yet; the next sync point starts it
+        audio = self.cache.audio_config is not None
+        video = self.cache.video_config is not None
+        head = viewer.handler.begin(audio=audio, video=video)
+        parts = [head] if head else []
+        parts += [self.mux(p, viewer.variant) for p in snapshot]
+        viewer.queue.push_control(b"".join(parts))
+        viewer.started = True
+
+    def _check_live(self) -> None:
+        """Go live once the tracks a viewer's header must announce are known."""
+        cache = self.cache
+        meta = cache.metadata.payload if cache.metadata is not None else None
+        if self._expect_video:
+            if cache.video_config is None or not cache.has_video or not cache.gop:
+                return
+            if cache.audio_config is None and (meta is None or _mentions_audio(meta)) and (
+                    len(cache.gop) < VIDEO_ONLY_AFTER_FRAMES):
+                return  # audio may still come; its flag in the FLV header must be right
+        elif cache.audio_config is None or not cache.gop or (
+                meta is None and len(cache.gop) < AUDIO_ONLY_AFTER_FRAMES):
+            return
+        self.live = True
+        for viewer in self.viewers:
+            if not viewer.started:
+                self._start(viewer)
+
+    def _retime(self, pkt: MediaPacket) -> MediaPacket:
+        """Keep output timestamps monotonic across publishers: shift each session as a whole."""
+        if pkt.kind is TrackKind.DATA:
+            return pkt
+        dts_ms = rescale(pkt.dts, pkt.timescale, 1000)
+        if self._rebase and not pkt.is_config:
+            self._offset = self._last_dts + REPUBLISH_GAP_MS - dts_ms
+            self._rebase = False
+        elif dts_ms + self._offset < self._last_dts - 1000 and not pkt.is_config:
+            # A jump back of over a second inside a session: treat it like a new session.
+            self._offset = self._last_dts + REPUBLISH_GAP_MS - dts_ms
+        if not pkt.is_config:
+            self._last_dts = max(self._last_dts, dts_ms + self._offset)
+        if self._offset == 0:
+            return pkt
+        shift = rescale(self._offset, 1000, pkt.timescale)
+        return dataclasses.replace(pkt, dts=pkt.dts + shift, pts=pkt.pts + shift)
+
+
+def _mentions_video(amf_payload: bytes) -> bool:
+    return b"videocodecid" in amf_payload or b"\x00\x05width" in amf_payload
+
+
+def _mentions_audio(amf_payload: bytes) -> bool:
+    return b"audiocodecid" in amf_payload

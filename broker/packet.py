@@ -1,0 +1,87 @@
+"""The one normalised media packet that every process exchanges, and the stream key."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+DEFAULT_INSTANCE = "_definst_"
+
+
+class TrackKind(enum.IntEnum):
+    """What a packet carries; the values are the FLV tag types (FLV spec v10.1 E.4.1)."""
+
+    AUDIO = 8
+    VIDEO = 9
+    DATA = 18
+
+
+class Codec(enum.IntEnum):
+    """Codecs on the bus. H264/AAC/MP3 keep their FLV CodecID/SoundFormat numbers."""
+
+    MP3 = 2
+    H264 = 7
+    AAC = 10
+    HEVC = 12
+    AV1 = 13
+    OPUS = 14
+    AMF0 = 18  # DATA packets: an AMF0-encoded script message such as onMetaData
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class StreamKey:
+    """app / instance / name, as in the seed config; the bus topic is derived from it."""
+
+    app: str
+    instance: str
+    name: str
+
+    def __str__(self) -> str:
+        return f"{self.app}/{self.instance}/{self.name}"
+
+    @property
+    def topic(self) -> bytes:
+        # The NUL ends the key so that a subscription to "live/_definst_/a" (ZeroMQ matches
+        # prefixes) does not also receive "live/_definst_/ab".
+        return str(self).encode() + b"\x00"
+
+    @classmethod
+    def from_topic(cls, topic: bytes) -> StreamKey:
+        if not topic.endswith(b"\x00"):
+            raise ValueError("stream topic must end with NUL")
+        return cls.parse(topic[:-1].decode())
+
+    @classmethod
+    def parse(cls, text: str) -> StreamKey:
+        """Parse "app/instance/name"; raise ValueError otherwise."""
+        parts = text.split("/")
+        if len(parts) != 3 or not all(parts):
+            raise ValueError(f"not a stream key: {text!r}")
+        return cls(parts[0], parts[1], parts[2])
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MediaPacket:
+    """One access unit (or config record, or script message) of one track of one stream.
+
+    Video payloads are AVCC (length-prefixed NAL units), never Annex-B; config packets carry
+    the decoder configuration record (avcC, AudioSpecificConfig). DATA packets carry the AMF0
+    values of a script message ("onMetaData", {...}) without @setDataFrame.
+    """
+
+    stream: StreamKey
+    kind: TrackKind
+    codec: Codec
+    dts: int  # ticks of `timescale`; RTMP uses 1000
+    pts: int
+    timescale: int
+    keyframe: bool
+    is_config: bool
+    payload: bytes
+
+
+def rescale(ts: int, src: int, dst: int) -> int:
+    """Convert a timestamp between timescales, rounding to the nearest tick."""
+    if src == dst:
+        return ts
+    return (ts * dst + src // 2) // src

@@ -1,0 +1,210 @@
+"""ZeroMQ sockets under trio: the only module where trio meets zmq.
+
+Each socket has exactly one owning task (or is used only by synchronous, non-blocking calls,
+which cannot interleave in trio's single thread). ZMQ_FD is edge-triggered, so after every
+wake-up the owner drains the socket until ZMQ_EVENTS no longer says POLLIN.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+from collections.abc import Callable
+from typing import NoReturn, cast
+
+import trio
+import zmq
+
+from broker import wire
+from broker.gop import GopCache
+from broker.packet import MediaPacket, StreamKey
+
+logger = logging.getLogger(__name__)
+
+# Safety net against a missed edge: the owner re-checks ZMQ_EVENTS at least this often.
+EDGE_SAFETY_S = 0.5
+SNAPSHOT_TIMEOUT_S = 2.0
+
+FrameHandler = Callable[[list[bytes]], None]
+
+
+def bus_endpoints(run_dir: str) -> tuple[str, str]:
+    """The proxy's local endpoints: (frontend where publishers connect, backend for subscribers)."""
+    return f"ipc://{os.path.abspath(run_dir)}/bus-in.sock", f"ipc://{os.path.abspath(run_dir)}/bus-out.sock"
+
+
+def snapshot_endpoint(run_dir: str, worker: str) -> str:
+    return f"ipc://{os.path.abspath(run_dir)}/snap-{worker}.sock"
+
+
+async def recv_multipart(sock: zmq.Socket[bytes]) -> list[bytes]:
+    """Await one multipart message on a socket owned by the calling task."""
+    while True:
+        if cast(int, sock.get(zmq.EVENTS)) & zmq.POLLIN:
+            try:
+                return sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                continue
+        with trio.move_on_after(EDGE_SAFETY_S):
+            await trio.lowlevel.wait_readable(sock)
+
+
+def close_socket(sock: zmq.Socket[bytes]) -> None:
+    trio.lowlevel.notify_closing(sock)
+    sock.close(linger=0)
+
+
+class PublishedStream:
+    """The owner's state of one stream it publishes: session, next sequence number, start-up cache."""
+
+    __slots__ = ("cache", "next_seq", "session")
+
+    def __init__(self) -> None:
+        self.session = secrets.randbits(52)
+        self.next_seq = 0
+        self.cache = GopCache()
+
+
+class BusPublisher:
+    """Publishes media with per-stream sequence numbers; never blocks (PUB drops at its HWM)."""
+
+    def __init__(self, ctx: zmq.Context[zmq.Socket[bytes]], endpoint: str, *, hwm: int) -> None:
+        self._sock = ctx.socket(zmq.PUB)
+        self._sock.set_hwm(hwm)
+        self._sock.setsockopt(zmq.LINGER, 0)
+        self._sock.connect(endpoint)
+        self.streams: dict[StreamKey, PublishedStream] = {}
+
+    def start_session(self, key: StreamKey) -> int:
+        stream = self.streams[key] = PublishedStream()
+        return stream.session
+
+    def publish(self, pkt: MediaPacket) -> None:
+        """Send one packet of a started session and remember it for late joiners."""
+        stream = self.streams[pkt.stream]
+        seq = stream.next_seq
+        stream.next_seq = seq + 1
+        stream.cache.add(pkt)
+        self._send(wire.encode(pkt, seq=seq, session=stream.session))
+
+    def end_session(self, key: StreamKey) -> None:
+        stream = self.streams.pop(key, None)
+        if stream is not None:
+            self._send(wire.encode_mark(key, wire.Mark.END, seq=stream.next_seq,
+                                        session=stream.session))
+
+    def send_control(self, kind: str, body: dict[str, object]) -> None:
+        self._send(wire.encode_control(kind, body))
+
+    def _send(self, frames: list[bytes]) -> None:
+        try:
+            self._sock.send_multipart(frames, zmq.NOBLOCK)
+        except zmq.Again:
+            pass  # PUB does not raise at HWM; a full pipe to the proxy is the same drop
+
+    def close(self) -> None:
+        self._sock.close(linger=0)
+
+
+class BusSubscriber:
+    """One SUB socket per process; handlers are called synchronously for each message."""
+
+    def __init__(self, ctx: zmq.Context[zmq.Socket[bytes]], endpoint: str, *, hwm: int) -> None:
+        self._sock = ctx.socket(zmq.SUB)
+        self._sock.set_hwm(hwm)
+        self._sock.setsockopt(zmq.LINGER, 0)
+        self._sock.connect(endpoint)
+        self._handlers: dict[bytes, list[FrameHandler]] = {}
+        self._wake = trio.CancelScope()
+
+    def subscribe(self, topic: bytes, handler: FrameHandler) -> None:
+        handlers = self._handlers.setdefault(topic, [])
+        if not handlers:
+            self._sock.setsockopt(zmq.SUBSCRIBE, topic)
+            self._wake.cancel()  # setsockopt may have consumed an edge the owner waits for
+        handlers.append(handler)
+
+    def unsubscribe(self, topic: bytes, handler: FrameHandler) -> None:
+        handlers = self._handlers.get(topic, [])
+        if handler in handlers:
+            handlers.remove(handler)
+        if not handlers and topic in self._handlers:
+            del self._handlers[topic]
+            self._sock.setsockopt(zmq.UNSUBSCRIBE, topic)
+            self._wake.cancel()
+
+    async def serve(self) -> NoReturn:
+        sock = self._sock
+        try:
+            while True:
+                while cast(int, sock.get(zmq.EVENTS)) & zmq.POLLIN:
+                    try:
+                        frames = sock.recv_multipart(zmq.NOBLOCK)
+                    except zmq.Again:
+                        break
+                    for handler in tuple(self._handlers.get(frames[0], ())):
+                        handler(frames)
+                with trio.CancelScope() as self._wake, trio.move_on_after(EDGE_SAFETY_S):
+                    await trio.lowlevel.wait_readable(sock)
+        finally:
+            close_socket(sock)
+
+
+class SnapshotServer:
+    """Answers late joiners with the current state of the streams this process publishes."""
+
+    def __init__(self, ctx: zmq.Context[zmq.Socket[bytes]], endpoint: str,
+                 publisher: BusPublisher) -> None:
+        self.endpoint = endpoint
+        self._ctx = ctx
+        self._publisher = publisher
+
+    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+                    ) -> NoReturn:
+        sock = self._ctx.socket(zmq.ROUTER)
+        sock.setsockopt(zmq.LINGER, 0)
+        path = self.endpoint.removeprefix("ipc://")
+        if os.path.exists(path):
+            os.unlink(path)  # left by a crashed predecessor with the same worker name
+        sock.bind(self.endpoint)
+        task_status.started()
+        try:
+            while True:
+                frames = await recv_multipart(sock)
+                if len(frames) != 3 or frames[1]:
+                    continue
+                ident, _, topic = frames
+                try:
+                    key = StreamKey.from_topic(topic)
+                except ValueError:
+                    continue
+                stream = self._publisher.streams.get(key)
+                if stream is None:
+                    reply = wire.encode_no_snapshot(key)
+                else:
+                    reply = wire.encode_snapshot(key, stream.session, stream.next_seq - 1,
+                                                 stream.cache.snapshot())
+                sock.send_multipart([ident, b"", *reply], zmq.NOBLOCK)
+        finally:
+            close_socket(sock)
+
+
+async def fetch_snapshot(ctx: zmq.Context[zmq.Socket[bytes]], endpoint: str, key: StreamKey,
+                         ) -> wire.Snapshot | None:
+    """Ask a stream's owner for its snapshot; None if it has none or does not answer in time."""
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    try:
+        sock.connect(endpoint)
+        sock.send_multipart([b"", key.topic], zmq.NOBLOCK)
+        with trio.move_on_after(SNAPSHOT_TIMEOUT_S):
+            frames = await recv_multipart(sock)
+            return wire.decode_snapshot(frames[1:])
+        logger.warning("snapshot of %s from %s timed out", key, endpoint)
+        return None
+    except (zmq.ZMQError, wire.WireError) as exc:
+        logger.warning("snapshot of %s from %s failed: %s", key, endpoint, exc)
+        return None
+    finally:
+        close_socket(sock)

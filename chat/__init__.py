@@ -1,0 +1,1 @@
+"""Chat rooms beside every stream (a later issue)."""

@@ -1,0 +1,1 @@
+"""Control: configuration, supervisor, rtmpmate-ctl."""

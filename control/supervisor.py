@@ -1,0 +1,230 @@
+"""The supervisor: reads the config, binds the listening sockets once, runs and restarts workers.
+
+It is the `rtmpmate` command. Workers inherit the bound sockets (so a restarted worker serves
+the same port at once, and several workers share one port), receive the configuration on
+stdin, and report streams and viewers on the bus, which the supervisor aggregates for
+`rtmpmate-ctl status` on a local Unix socket.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+import zmq
+
+from broker import wire
+from broker.feed import ANNOUNCE_EXPIRY_S, StreamDirectory
+from broker.zsock import BusSubscriber, bus_endpoints
+from control import ctlsock
+from control.config import Config, ConfigError, Listen, load_raw, parse_config
+
+logger = logging.getLogger("rtmpmate")
+
+RESTART_DELAY_S = 0.1  # a crashed worker is back well within a second
+MAX_RESTART_DELAY_S = 5.0  # ... unless it keeps crashing at start-up
+STOP_GRACE_S = 4.0  # SIGTERM, then SIGKILL: every child is gone within 5 s
+
+
+def bind_tcp(listen: Listen) -> socket.socket:
+    family = socket.AF_INET6 if ":" in listen.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((listen.host, listen.port))
+    sock.listen(1024)
+    sock.setblocking(False)
+    return sock
+
+
+def sd_notify(state: str) -> None:
+    """Tell systemd (Type=notify) our state; a no-op when not started by systemd."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return
+    if address.startswith("@"):
+        address = "\0" + address[1:]  # abstract namespace
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        try:
+            sock.sendto(state.encode(), address)
+        except OSError as exc:
+            logger.warning("sd_notify failed: %s", exc)
+
+
+@dataclass
+class Worker:
+    role: str
+    name: str
+    fds: list[int]
+    pid: int | None = None
+    started: float = 0.0
+    restarts: int = 0
+    last_exit: int | None = None
+    process: trio.Process | None = field(default=None, repr=False)
+
+
+class Supervisor:
+    def __init__(self, cfg: Config, raw: dict[str, Any]) -> None:
+        self.cfg = cfg
+        self.raw_json = json.dumps(raw).encode()
+        self.workers: list[Worker] = []
+        self.sockets: dict[str, socket.socket] = {}
+        self.directory = StreamDirectory()
+        self.viewers: dict[str, tuple[float, dict[str, dict[str, int]]]] = {}
+        self.stopping = False
+        self.started = time.time()
+
+    def plan(self) -> None:
+        cores = os.cpu_count() or 1
+        srv = self.cfg.server
+        self.sockets["rtmp"] = bind_tcp(self.cfg.rtmp.listen)
+        self.sockets["http"] = bind_tcp(self.cfg.http.listen)
+        self.workers.append(Worker("broker", "broker", []))
+        for i in range(srv.ingest_workers or cores):
+            self.workers.append(Worker("ingest", f"ingest-{i}", [self.sockets["rtmp"].fileno()]))
+        for i in range(srv.egress_workers or cores):
+            self.workers.append(Worker("egress", f"egress-{i}", [self.sockets["http"].fileno()]))
+
+    async def run_worker(self, worker: Worker) -> None:
+        delay = RESTART_DELAY_S
+        cmd = [sys.executable, "-m", "control.workers", worker.role, "--name", worker.name]
+        for fd in worker.fds:
+            cmd += ["--fd", str(fd)]
+        while not self.stopping:
+            worker.started = time.time()
+            proc = await trio.lowlevel.open_process(
+                cmd, stdin=subprocess.PIPE, pass_fds=worker.fds)
+            worker.process, worker.pid = proc, proc.pid
+            assert proc.stdin is not None
+            await proc.stdin.send_all(self.raw_json)
+            await proc.stdin.aclose()
+            code = await proc.wait()
+            worker.last_exit = code
+            if self.stopping:
+                return
+            lived = time.time() - worker.started
+            logger.warning("%s (pid %s) exited with %s after %.1f s; restarting",
+                           worker.name, proc.pid, code, lived)
+            worker.restarts += 1
+            # Back off only while it keeps dying at start-up (a bad port, a broken install).
+            delay = RESTART_DELAY_S if lived >= 1 else min(delay * 2, MAX_RESTART_DELAY_S)
+            await trio.sleep(delay)
+
+    async def stop(self) -> None:
+        self.stopping = True
+        sd_notify("STOPPING=1")
+        procs = [w.process for w in self.workers if w.process and w.process.returncode is None]
+        for proc in procs:
+            proc.send_signal(signal.SIGTERM)
+        with trio.move_on_after(STOP_GRACE_S):
+            for proc in procs:
+                await proc.wait()
+        for proc in procs:
+            if proc.returncode is None:
+                logger.warning("pid %s ignored SIGTERM; killing it", proc.pid)
+                proc.kill()
+                await proc.wait()
+
+    # -- status --------------------------------------------------------------------------------
+
+    def _on_control(self, frames: list[bytes]) -> None:
+        try:
+            body = wire.decode_control(frames)
+        except wire.WireError:
+            return
+        now = trio.current_time()
+        if body.get("kind") == "viewers":
+            streams = body.get("streams")
+            self.viewers[str(body.get("worker"))] = (now, streams if isinstance(streams, dict)
+                                                     else {})
+        else:
+            self.directory.on_control(body, now)
+
+    def status(self) -> dict[str, object]:
+        now, wall = trio.current_time(), time.time()
+        viewers: dict[str, dict[str, int]] = {}
+        for seen, streams in self.viewers.values():
+            if now - seen > ANNOUNCE_EXPIRY_S:
+                continue
+            for key, counts in streams.items():
+                total = viewers.setdefault(key, {})
+                for proto, n in counts.items():
+                    total[proto] = total.get(proto, 0) + n
+        return {
+            "uptime": wall - self.started,
+            "workers": [{"role": w.role, "name": w.name, "pid": w.pid,
+                         "uptime": wall - w.started if w.pid else 0.0,
+                         "restarts": w.restarts} for w in self.workers],
+            "streams": [{"key": str(info.key), **info.info,
+                         "viewers": viewers.get(str(info.key), {})}
+                        for info in self.directory.live(now)],
+        }
+
+    async def handle_request(self, request: dict[str, Any]) -> dict[str, Any]:
+        if request.get("cmd") == "status":
+            return {"ok": True, "status": self.status()}
+        return {"ok": False, "error": f"unknown command {request.get('cmd')!r}"}
+
+    # -- main ----------------------------------------------------------------------------------
+
+    async def serve(self) -> None:
+        os.makedirs(self.cfg.server.run_dir, exist_ok=True)
+        self.plan()
+        ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+        subscriber = BusSubscriber(ctx, bus_endpoints(self.cfg.server.run_dir)[1],
+                                   hwm=self.cfg.bus.hwm)
+        subscriber.subscribe(wire.CONTROL_TOPIC, self._on_control)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(subscriber.serve)
+                await nursery.start(ctlsock.serve_control, ctlsock.control_path(
+                    self.cfg.server.run_dir), self.handle_request)
+                for worker in self.workers:
+                    nursery.start_soon(self.run_worker, worker)
+                rtmp, http = self.cfg.rtmp.listen, self.cfg.http.listen
+                logger.info("rtmpmate ready: rtmp %s:%d, http %s:%d (%d workers)",
+                            rtmp.host, rtmp.port, http.host, http.port, len(self.workers))
+                sd_notify("READY=1")
+                with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                    async for signum in signals:
+                        logger.info("%s: stopping", signal.Signals(signum).name)
+                        break
+                await self.stop()
+                nursery.cancel_scope.cancel()
+        finally:
+            ctx.destroy(linger=0)
+            for sock in self.sockets.values():
+                sock.close()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="rtmpmate", description="live-streaming gateway")
+    parser.add_argument("--config", default="etc/rtmpmate.toml", help="TOML configuration")
+    args = parser.parse_args(argv)
+    try:
+        raw = load_raw(args.config)
+        cfg = parse_config(raw, source=args.config, text=_read(args.config))
+    except ConfigError as exc:
+        sys.exit(f"rtmpmate: {exc}")
+    except OSError as exc:
+        sys.exit(f"rtmpmate: cannot read {args.config}: {exc.strerror}")
+    logging.basicConfig(level=cfg.server.log_level.upper(), stream=sys.stderr,
+                        format="supervisor %(levelname)s %(name)s: %(message)s")
+    try:
+        trio.run(Supervisor(cfg, raw).serve)
+    except OSError as exc:
+        sys.exit(f"rtmpmate: {exc}")
+
+
+def _read(path: str) -> str:
+    with open(path, encoding="utf-8") as f:
+        return f.read()

@@ -1,0 +1,1 @@
+"""Ingest: RTMP (and later RTSP) protocol cores and their trio servers."""

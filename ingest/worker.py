@@ -1,0 +1,162 @@
+"""The ingest worker process: RTMP publish and play on the inherited listening socket."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from functools import partial
+from typing import TYPE_CHECKING
+
+import trio
+import zmq
+
+from broker.consumer import Consumer
+from broker.feed import ANNOUNCE_INTERVAL_S
+from broker.packet import Codec, MediaPacket, StreamKey, TrackKind
+from broker.zsock import BusPublisher, BusSubscriber, SnapshotServer, bus_endpoints, snapshot_endpoint
+from ingest.rtmp.chunk import ChunkEncoder
+from ingest.rtmp.server import RtmpConnectionHandler
+from ingest.rtmp.session import media_message_bytes
+from media.codecs import aac, avc
+from media.codecs.errors import CodecError
+
+if TYPE_CHECKING:
+    from collections.abc import Hashable
+
+    from control.config import Config
+
+logger = logging.getLogger(__name__)
+
+
+class StreamStats:
+    """What `rtmpmate-ctl status` shows of a published stream."""
+
+    def __init__(self, peer: str) -> None:
+        self.peer = peer
+        self.started = time.time()
+        self.codecs: dict[str, str] = {}
+        self.width = 0
+        self.height = 0
+        self.bytes_in = 0
+        self.frames_in = 0
+        self._window_bytes = 0
+        self.bitrate = 0.0  # bits per second over the last announce interval
+
+    def add(self, pkt: MediaPacket) -> None:
+        n = len(pkt.payload)
+        self.bytes_in += n
+        self._window_bytes += n
+        self.frames_in += 1
+        if pkt.is_config and pkt.kind is not TrackKind.DATA:
+            self._describe(pkt)
+
+    def _describe(self, pkt: MediaPacket) -> None:
+        track = "video" if pkt.kind is TrackKind.VIDEO else "audio"
+        self.codecs[track] = pkt.codec.name.lower()
+        try:
+            if pkt.codec is Codec.H264:
+                cfg = avc.parse_avcc(pkt.payload)
+                self.codecs[track] = avc.codec_string(cfg)
+                if cfg.sps:
+                    sps = avc.parse_sps(cfg.sps[0])
+                    self.width, self.height = sps.width, sps.height
+            elif pkt.codec is Codec.AAC:
+                self.codecs[track] = aac.codec_string(aac.parse_asc(pkt.payload))
+        except CodecError as exc:
+            logger.warning("unreadable %s config: %s", track, exc)
+
+    def tick(self, interval_s: float) -> dict[str, object]:
+        self.bitrate = self._window_bytes * 8 / interval_s
+        self._window_bytes = 0
+        return {"peer": self.peer, "started": self.started, "codecs": self.codecs,
+                "width": self.width, "height": self.height, "bitrate": self.bitrate,
+                "bytes_in": self.bytes_in, "frames_in": self.frames_in}
+
+
+class IngestWorker:
+    def __init__(self, cfg: Config, name: str, ctx: zmq.Context[zmq.Socket[bytes]]) -> None:
+        self.cfg = cfg
+        self.name = name
+        frontend, backend = bus_endpoints(cfg.server.run_dir)
+        self.publisher = BusPublisher(ctx, frontend, hwm=cfg.bus.hwm)
+        self.snapshots = SnapshotServer(ctx, snapshot_endpoint(cfg.server.run_dir, name),
+                                        self.publisher)
+        self.subscriber = BusSubscriber(ctx, backend, hwm=cfg.bus.hwm)
+        encoder = ChunkEncoder(chunk_size=cfg.rtmp.chunk_size_bytes)
+
+        def mux(pkt: MediaPacket, stream_id: Hashable) -> bytes:
+            assert isinstance(stream_id, int)
+            return media_message_bytes(pkt, stream_id, cfg.rtmp.chunk_size_bytes, encoder)
+
+        self.consumer = Consumer(ctx, self.subscriber, mux)
+        self.stats: dict[StreamKey, StreamStats] = {}
+
+    # -- publishing ----------------------------------------------------------------------------
+
+    def begin_publish(self, key: StreamKey, peer: str) -> bool:
+        """Claim the key: one publisher per stream key across every ingest worker."""
+        if key in self.stats:
+            return False
+        other = self.consumer.directory.get(key, trio.current_time())
+        if other is not None and other.owner != self.snapshots.endpoint:
+            return False
+        self.stats[key] = StreamStats(peer)
+        self.publisher.start_session(key)
+        self._announce(key)
+        return True
+
+    def publish(self, pkt: MediaPacket) -> None:
+        stats = self.stats.get(pkt.stream)
+        if stats is not None:
+            stats.add(pkt)
+            self.publisher.publish(pkt)
+
+    def end_publish(self, key: StreamKey) -> None:
+        if self.stats.pop(key, None) is None:
+            return
+        session = self.publisher.streams[key].session
+        self.publisher.end_session(key)
+        self.publisher.send_control("stream-end", {"key": str(key), "session": session})
+
+    def _announce(self, key: StreamKey, info: dict[str, object] | None = None) -> None:
+        stream = self.publisher.streams[key]
+        self.publisher.send_control("stream", {
+            "key": str(key), "owner": self.snapshots.endpoint, "session": stream.session,
+            "worker": self.name, "info": info or {}})
+
+    async def _announce_loop(self) -> None:
+        while True:
+            await trio.sleep(ANNOUNCE_INTERVAL_S)
+            for key, stats in list(self.stats.items()):
+                self._announce(key, stats.tick(ANNOUNCE_INTERVAL_S))
+            self.publisher.send_control("viewers", {
+                "worker": self.name, "pid": os.getpid(),
+                "streams": {str(k): hub.counts() for k, hub in self.consumer.hubs().items()}})
+
+    # -- process -------------------------------------------------------------------------------
+
+    async def serve(self, rtmp_sock: socket.socket) -> None:
+        listener = trio.SocketListener(trio.socket.from_stdlib_socket(rtmp_sock))
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self.subscriber.serve)
+            await nursery.start(self.snapshots.serve)
+            nursery.start_soon(self.consumer.serve)
+            nursery.start_soon(self._announce_loop)
+            logger.info("%s serving RTMP on %s", self.name, rtmp_sock.getsockname())
+            await trio.serve_listeners(partial(_handle, self), [listener])
+
+
+async def _handle(worker: IngestWorker, stream: trio.SocketStream) -> None:
+    await RtmpConnectionHandler(worker, stream).run()
+
+
+def run_ingest_worker(cfg: Config, name: str, rtmp_fd: int) -> None:
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    sock = socket.socket(fileno=rtmp_fd)
+    sock.setblocking(False)
+    try:
+        trio.run(IngestWorker(cfg, name, ctx).serve, sock)
+    finally:
+        ctx.destroy(linger=0)

@@ -1,0 +1,1 @@
+"""Codec configuration records (AVC, AAC) parsed into what muxers and status need."""
