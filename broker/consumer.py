@@ -1,4 +1,4 @@
-"""A process's view of the bus as a consumer: the stream directory and one hub per watched stream."""
+"""A process's view of the bus as a consumer: the stream directory and a hub per watched stream."""
 
 from __future__ import annotations
 

@@ -59,13 +59,15 @@ def flv_tag_parts(pkt: MediaPacket) -> tuple[int, int, bytes]:
     if pkt.kind is TrackKind.DATA:
         return flv.TagType.SCRIPT, dts_ms, pkt.payload
     fourcc = _FOURCC_OF[pkt.codec]
-    kind = "config" if pkt.is_config else "frame"
     if pkt.kind is TrackKind.VIDEO:
         cts_ms = _ms(pkt.pts, pkt.timescale) - dts_ms
-        body = flv.build_video_body(fourcc, keyframe=pkt.keyframe, kind=kind, cts_ms=cts_ms,
-                                    data=pkt.payload)
+        body = flv.build_video_body(fourcc, keyframe=pkt.keyframe,
+                                    kind="config" if pkt.is_config else "frame",
+                                    cts_ms=cts_ms, data=pkt.payload)
         return flv.TagType.VIDEO, dts_ms, body
-    return flv.TagType.AUDIO, dts_ms, flv.build_audio_body(fourcc, kind=kind, data=pkt.payload)
+    body = flv.build_audio_body(fourcc, kind="config" if pkt.is_config else "frame",
+                                data=pkt.payload)
+    return flv.TagType.AUDIO, dts_ms, body
 
 
 def _ms(ts: int, timescale: int) -> int:

@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import logging
-import os
 
 import zmq
+
+from broker.zsock import unlink_stale
 
 logger = logging.getLogger(__name__)
 
 
 def _bind(sock: zmq.Socket[bytes], endpoint: str) -> None:
-    if endpoint.startswith("ipc://"):
-        path = endpoint.removeprefix("ipc://")
-        if os.path.exists(path):
-            os.unlink(path)  # left behind by a broker that was killed
+    unlink_stale(endpoint)  # left behind by a broker that was killed
     sock.bind(endpoint)
 
 

@@ -7,6 +7,7 @@ wake-up the owner drains the socket until ZMQ_EVENTS no longer says POLLIN.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import secrets
@@ -31,17 +32,25 @@ FrameHandler = Callable[[list[bytes]], None]
 
 def bus_endpoints(run_dir: str) -> tuple[str, str]:
     """The proxy's local endpoints: (frontend where publishers connect, backend for subscribers)."""
-    return f"ipc://{os.path.abspath(run_dir)}/bus-in.sock", f"ipc://{os.path.abspath(run_dir)}/bus-out.sock"
+    base = os.path.abspath(run_dir)
+    return f"ipc://{base}/bus-in.sock", f"ipc://{base}/bus-out.sock"
 
 
 def snapshot_endpoint(run_dir: str, worker: str) -> str:
     return f"ipc://{os.path.abspath(run_dir)}/snap-{worker}.sock"
 
 
+def unlink_stale(endpoint: str) -> None:
+    """Remove the socket file of an ipc:// endpoint a killed process left behind."""
+    if endpoint.startswith("ipc://"):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(endpoint.removeprefix("ipc://"))
+
+
 async def recv_multipart(sock: zmq.Socket[bytes]) -> list[bytes]:
     """Await one multipart message on a socket owned by the calling task."""
     while True:
-        if cast(int, sock.get(zmq.EVENTS)) & zmq.POLLIN:
+        if cast("int", sock.get(zmq.EVENTS)) & zmq.POLLIN:
             try:
                 return sock.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
@@ -56,7 +65,7 @@ def close_socket(sock: zmq.Socket[bytes]) -> None:
 
 
 class PublishedStream:
-    """The owner's state of one stream it publishes: session, next sequence number, start-up cache."""
+    """What the owner keeps of a stream it publishes: session, next sequence number, cache."""
 
     __slots__ = ("cache", "next_seq", "session")
 
@@ -98,10 +107,9 @@ class BusPublisher:
         self._send(wire.encode_control(kind, body))
 
     def _send(self, frames: list[bytes]) -> None:
-        try:
+        # PUB does not raise at its HWM; a full pipe to the proxy is the same silent drop.
+        with contextlib.suppress(zmq.Again):
             self._sock.send_multipart(frames, zmq.NOBLOCK)
-        except zmq.Again:
-            pass  # PUB does not raise at HWM; a full pipe to the proxy is the same drop
 
     def close(self) -> None:
         self._sock.close(linger=0)
@@ -138,7 +146,7 @@ class BusSubscriber:
         sock = self._sock
         try:
             while True:
-                while cast(int, sock.get(zmq.EVENTS)) & zmq.POLLIN:
+                while cast("int", sock.get(zmq.EVENTS)) & zmq.POLLIN:
                     try:
                         frames = sock.recv_multipart(zmq.NOBLOCK)
                     except zmq.Again:
@@ -164,9 +172,7 @@ class SnapshotServer:
                     ) -> NoReturn:
         sock = self._ctx.socket(zmq.ROUTER)
         sock.setsockopt(zmq.LINGER, 0)
-        path = self.endpoint.removeprefix("ipc://")
-        if os.path.exists(path):
-            os.unlink(path)  # left by a crashed predecessor with the same worker name
+        unlink_stale(self.endpoint)  # left by a crashed predecessor with the same worker name
         sock.bind(self.endpoint)
         task_status.started()
         try:

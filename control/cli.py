@@ -27,9 +27,8 @@ def _bitrate(bps: float) -> str:
 def format_status(status: dict[str, Any]) -> str:
     lines = [f"rtmpmate up {_duration(status['uptime'])}", "",
              f"{'WORKER':<12} {'ROLE':<8} {'PID':>8} {'UPTIME':>9} {'RESTARTS':>8}"]
-    for w in status["workers"]:
-        lines.append(f"{w['name']:<12} {w['role']:<8} {w['pid'] or '-':>8} "
-                     f"{_duration(w['uptime']):>9} {w['restarts']:>8}")
+    lines += [f"{w['name']:<12} {w['role']:<8} {w['pid'] or '-':>8} "
+              f"{_duration(w['uptime']):>9} {w['restarts']:>8}" for w in status["workers"]]
     lines.append("")
     streams = status["streams"]
     if not streams:

@@ -6,11 +6,13 @@ listens on the network.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import socket
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any
 
 import trio
@@ -27,8 +29,7 @@ def control_path(run_dir: str) -> str:
 
 async def serve_control(path: str, handler: Handler, *,
                         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-    if os.path.exists(path):
-        os.unlink(path)
+    _unlink(path)
     sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     await sock.bind(path)
     os.chmod(path, 0o600)
@@ -36,13 +37,17 @@ async def serve_control(path: str, handler: Handler, *,
     task_status.started()
     listener = trio.SocketListener(sock)
     try:
-        await trio.serve_listeners(lambda s: _handle(s, handler), [listener])
+        await trio.serve_listeners(partial(_handle, handler), [listener])
     finally:
-        if os.path.exists(path):
-            os.unlink(path)
+        _unlink(path)
 
 
-async def _handle(stream: trio.SocketStream, handler: Handler) -> None:
+def _unlink(path: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+
+
+async def _handle(handler: Handler, stream: trio.SocketStream) -> None:
     async with stream:
         data = b""
         with trio.move_on_after(5):
@@ -57,10 +62,8 @@ async def _handle(stream: trio.SocketStream, handler: Handler) -> None:
                 "ok": False, "error": "request must be a JSON object"}
         except json.JSONDecodeError as exc:
             answer = {"ok": False, "error": f"bad request: {exc}"}
-        try:
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
             await stream.send_all(json.dumps(answer).encode() + b"\n")
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass
 
 
 def request(path: str, body: dict[str, Any], *, timeout_s: float = 5.0) -> dict[str, Any]:

@@ -99,7 +99,7 @@ class Supervisor:
         cmd = [sys.executable, "-m", "control.workers", worker.role, "--name", worker.name]
         for fd in worker.fds:
             cmd += ["--fd", str(fd)]
-        while not self.stopping:
+        while not self._stopping():
             worker.started = time.time()
             proc = await trio.lowlevel.open_process(
                 cmd, stdin=subprocess.PIPE, pass_fds=worker.fds)
@@ -109,7 +109,7 @@ class Supervisor:
             await proc.stdin.aclose()
             code = await proc.wait()
             worker.last_exit = code
-            if self.stopping:
+            if self._stopping():
                 return
             lived = time.time() - worker.started
             logger.warning("%s (pid %s) exited with %s after %.1f s; restarting",
@@ -118,6 +118,9 @@ class Supervisor:
             # Back off only while it keeps dying at start-up (a bad port, a broken install).
             delay = RESTART_DELAY_S if lived >= 1 else min(delay * 2, MAX_RESTART_DELAY_S)
             await trio.sleep(delay)
+
+    def _stopping(self) -> bool:
+        return self.stopping
 
     async def stop(self) -> None:
         self.stopping = True
@@ -163,7 +166,10 @@ class Supervisor:
             "uptime": wall - self.started,
             "workers": [{"role": w.role, "name": w.name, "pid": w.pid,
                          "uptime": wall - w.started if w.pid else 0.0,
-                         "restarts": w.restarts} for w in self.workers],
+                         "restarts": w.restarts,
+                         # Workers report on the bus every second: proof they are up and wired.
+                         "reporting": now - self.viewers.get(w.name, (-1e9, {}))[0]
+                         <= ANNOUNCE_EXPIRY_S} for w in self.workers],
             "streams": [{"key": str(info.key), **info.info,
                          "viewers": viewers.get(str(info.key), {})}
                         for info in self.directory.live(now)],
@@ -228,3 +234,7 @@ def main(argv: list[str] | None = None) -> None:
 def _read(path: str) -> str:
     with open(path, encoding="utf-8") as f:
         return f.read()
+
+
+if __name__ == "__main__":
+    main()

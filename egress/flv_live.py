@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Hashable
 from typing import TYPE_CHECKING
 
 import trio
@@ -15,6 +14,8 @@ from broker.hub import Viewer
 from media import flv
 
 if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Hashable
+
     from broker.consumer import Consumer
     from broker.packet import MediaPacket, StreamKey
 

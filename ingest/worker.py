@@ -15,7 +15,13 @@ import zmq
 from broker.consumer import Consumer
 from broker.feed import ANNOUNCE_INTERVAL_S
 from broker.packet import Codec, MediaPacket, StreamKey, TrackKind
-from broker.zsock import BusPublisher, BusSubscriber, SnapshotServer, bus_endpoints, snapshot_endpoint
+from broker.zsock import (
+    BusPublisher,
+    BusSubscriber,
+    SnapshotServer,
+    bus_endpoints,
+    snapshot_endpoint,
+)
 from ingest.rtmp.chunk import ChunkEncoder
 from ingest.rtmp.server import RtmpConnectionHandler
 from ingest.rtmp.session import media_message_bytes

@@ -1,4 +1,4 @@
-"""The trio shell around RtmpServerConnection: one task per connection, one more per played stream."""
+"""The trio shell around RtmpServerConnection: a task per connection, one more per played stream."""
 
 from __future__ import annotations
 
@@ -128,9 +128,9 @@ class RtmpConnectionHandler:
             self.plays[ev.stream_id] = scope
             nursery.start_soon(self._play, ev.stream_id, ev.key, scope)
         elif isinstance(ev, s.PlayEnded):
-            scope = self.plays.pop(ev.stream_id, None)
-            if scope is not None:
-                scope.cancel()
+            play = self.plays.pop(ev.stream_id, None)
+            if play is not None:
+                play.cancel()
         elif isinstance(ev, s.MediaRefused):
             self.log.warning("%s: %s; that track is dropped", ev.key, ev.reason)
 

@@ -340,7 +340,8 @@ class RtmpServerConnection:
         try:
             return stream_key(self.app, name), query
         except ValueError as exc:
-            code = "NetStream.Publish.BadName" if cmd.name == "publish" else "NetStream.Play.StreamNotFound"
+            code = ("NetStream.Publish.BadName" if cmd.name == "publish"
+                    else "NetStream.Play.StreamNotFound")
             self._send(m.status(cmd.stream_id, "error", code, str(exc)))
             return None
 
