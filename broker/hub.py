@@ -29,7 +29,7 @@ VIDEO_ONLY_AFTER_FRAMES = 15
 
 class ViewerHandler(Protocol):
     def begin(self, *, audio: bool, video: bool) -> bytes: ...  # bytes before the first packet
-    def ended(self) -> bool: ...  # publisher left; True = close this viewer
+    def ended(self) -> bytes | None: ...  # publisher left: None = close, bytes = send, stay
 
 
 class Viewer:
@@ -74,10 +74,12 @@ class StreamHub:
     def on_end(self) -> None:
         self.live = False
         for viewer in list(self.viewers):
-            if viewer.handler.ended():
+            goodbye = viewer.handler.ended()
+            if goodbye is None:
                 viewer.queue.close()
                 self.viewers.discard(viewer)
             else:
+                viewer.queue.push_control(goodbye)
                 viewer.started = False  # starts again at the next publisher's keyframe
 
     def on_packet(self, pkt: MediaPacket) -> None:

@@ -38,8 +38,8 @@ class _FlvHandler:
         # The flags must match the tracks: flv.js/mpegts.js wait for a flagged track forever.
         return flv.header(audio=audio, video=video)
 
-    def ended(self) -> bool:
-        return True  # the publisher left: end the response cleanly
+    def ended(self) -> bytes | None:
+        return None  # the publisher left: end the response cleanly
 
 
 async def http_flv(consumer: Consumer, key: StreamKey, *, cache_frames: int,

@@ -39,9 +39,11 @@ class _PlayHandler:
         self.begun = True
         return self.conn.data_to_send()
 
-    def ended(self) -> bool:
+    def ended(self) -> bytes | None:
+        # Stay, as nginx-rtmp does, and resume with the next publisher; players that take
+        # UnpublishNotify as the end (ffmpeg) close by themselves.
         self.conn.play_unpublished(self.stream_id, self.key)
-        return False  # stay, as nginx-rtmp does, and resume with the next publisher
+        return self.conn.data_to_send()
 
 
 class RtmpConnectionHandler:
