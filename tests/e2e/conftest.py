@@ -23,8 +23,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if not missing:
         return
     if os.environ.get("RTMPMATE_REQUIRE_INTEROP"):
-        raise pytest.UsageError(f"interop tools missing: {', '.join(missing)} (.ci/run installs them)")
-    keep, dropped = [], []
+        raise pytest.UsageError(
+            f"interop tools missing: {', '.join(missing)} (.ci/run installs them)")
+    keep: list[pytest.Item] = []
+    dropped: list[pytest.Item] = []
     for item in items:
         (dropped if item.get_closest_marker("interop") else keep).append(item)
     if dropped:

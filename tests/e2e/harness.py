@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
@@ -185,9 +186,9 @@ def finish(proc: subprocess.Popen[bytes], timeout_s: float) -> str:
     except subprocess.TimeoutExpired:
         proc.kill()
         _, err = proc.communicate()
-        raise AssertionError(f"{proc.args} still running after {timeout_s} s") from None
+        raise AssertionError(f"{proc.args!r} still running after {timeout_s} s") from None
     text = (err or b"").decode(errors="replace")
-    assert proc.returncode == 0, f"{proc.args} exited with {proc.returncode}: {text}"
+    assert proc.returncode == 0, f"{proc.args!r} exited with {proc.returncode}: {text}"
     return text
 
 
@@ -215,7 +216,7 @@ class FlvReport:
         if self.video:
             assert self.video[0][2], "video does not start on a keyframe"
             dts = [d for d, _, _ in self.video]
-            assert all(a < b for a, b in zip(dts, dts[1:], strict=False)), "video DTS not increasing"
+            assert all(a < b for a, b in itertools.pairwise(dts)), "video DTS not increasing"
             assert all(p >= d for d, p, _ in self.video), "video PTS < DTS"
         if self.audio:
             assert all(a < b for a, b in zip(self.audio, self.audio[1:], strict=False)), (

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from typing import TYPE_CHECKING, Any
@@ -92,7 +93,8 @@ def assert_complete(got: FlvReport, sent: FlvReport, who: str) -> None:
     assert (got.video_codec, got.width, got.height) == (
         sent.video_codec, sent.width, sent.height), who
     assert got.audio_config == sent.audio_config, who
-    assert got.audio_flag and got.video_flag, who
+    assert got.audio_flag, who
+    assert got.video_flag, who
 
 
 def test_every_player_gets_every_frame(server: Server, av_media: Path, tmp_path: Path) -> None:
@@ -120,8 +122,9 @@ def test_every_player_gets_every_frame(server: Server, av_media: Path, tmp_path:
         finish(p, 15)
     ws.join(15)
     pyav.join(15)
-    assert not ws.is_alive() and ws.error is None, ws.error
-    assert not pyav.is_alive() and pyav.error is None, pyav.error
+    for thread in (ws, pyav):
+        assert not thread.is_alive()
+        assert thread.error is None, thread.error
 
     assert_complete(media_report(rtmp_out), sent, "ffmpeg rtmp")
     assert_complete(media_report(http_out), sent, "ffmpeg http-flv")
@@ -133,7 +136,7 @@ def test_every_player_gets_every_frame(server: Server, av_media: Path, tmp_path:
     assert pyav.video[0][2], "PyAV: first video packet is not a keyframe"
     assert pyav.codecs == {"video": "h264", "audio": "aac", "size": (sent.width, sent.height)}
     dts = [d for d, _, _ in pyav.video]
-    assert all(a < b for a, b in zip(dts, dts[1:], strict=False))
+    assert all(a < b for a, b in itertools.pairwise(dts))
 
 
 def test_late_joiner_starts_on_a_keyframe_at_once(server: Server, av_media: Path,
@@ -147,7 +150,8 @@ def test_late_joiner_starts_on_a_keyframe_at_once(server: Server, av_media: Path
     finish(player, 20)
     report = media_report(out)
     report.check_timing()
-    assert report.video and report.audio
+    assert report.video
+    assert report.audio
     # Two seconds of media arrived well before two seconds of real time: the GOP came at once.
     assert time.monotonic() - started < 4.0
     kill(publisher)
@@ -175,9 +179,11 @@ def test_single_track_streams_play_everywhere(server: Server, audio_media: Path,
     for who, got in zip(("rtmp", "http-flv", "ws-flv"), reports, strict=True):
         got.check_timing()
         if kind == "audio":
-            assert not got.video and len(got.audio) >= 0.95 * len(sent.audio), who
+            assert not got.video, who
+            assert len(got.audio) >= 0.95 * len(sent.audio), who
         else:
-            assert not got.audio and len(got.video) >= 0.95 * len(sent.video), who
+            assert not got.audio, who
+            assert len(got.video) >= 0.95 * len(sent.video), who
     # Our own header must announce exactly the tracks present (mpegts.js waits otherwise).
     ws_report = reports[2]
     assert (ws_report.audio_flag, ws_report.video_flag) == (kind == "audio", kind == "video")
