@@ -76,6 +76,9 @@ class StreamStats:
     def tick(self, interval_s: float) -> dict[str, object]:
         self.bitrate = self._window_bytes * 8 / interval_s
         self._window_bytes = 0
+        return self.info()
+
+    def info(self) -> dict[str, object]:
         return {"peer": self.peer, "started": self.started, "codecs": self.codecs,
                 "width": self.width, "height": self.height, "bitrate": self.bitrate,
                 "bytes_in": self.bytes_in, "frames_in": self.frames_in}
@@ -108,9 +111,9 @@ class IngestWorker:
         other = self.consumer.directory.get(key, trio.current_time())
         if other is not None and other.owner != self.snapshots.endpoint:
             return False
-        self.stats[key] = StreamStats(peer)
+        stats = self.stats[key] = StreamStats(peer)
         self.publisher.start_session(key)
-        self._announce(key)
+        self._announce(key, stats.info())
         return True
 
     def publish(self, pkt: MediaPacket) -> None:
@@ -126,11 +129,11 @@ class IngestWorker:
         self.publisher.end_session(key)
         self.publisher.send_control("stream-end", {"key": str(key), "session": session})
 
-    def _announce(self, key: StreamKey, info: dict[str, object] | None = None) -> None:
+    def _announce(self, key: StreamKey, info: dict[str, object]) -> None:
         stream = self.publisher.streams[key]
         self.publisher.send_control("stream", {
             "key": str(key), "owner": self.snapshots.endpoint, "session": stream.session,
-            "worker": self.name, "info": info or {}})
+            "worker": self.name, "info": info})
 
     async def _announce_loop(self) -> None:
         while True:

@@ -66,15 +66,15 @@ class RtmpConnectionHandler:
             async with trio.open_nursery() as nursery:
                 await self._receive_loop(nursery)
                 nursery.cancel_scope.cancel()
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
+        except* (trio.BrokenResourceError, trio.ClosedResourceError):
             self.log.info("disconnected")
-        except trio.TooSlowError:
+        except* trio.TooSlowError:
             self.log.info("timed out")
-        except RtmpProtocolError as exc:
-            self.log.warning("protocol error: %s", exc)
-        except Exception:
+        except* RtmpProtocolError as group:
+            self.log.warning("protocol error: %s", group.exceptions[0])
+        except* Exception as group:
             # A bug, not bad input; it ends this connection only, never the worker's others.
-            self.log.exception("internal error; closing the connection")
+            self.log.error("internal error; closing the connection", exc_info=group)
         finally:
             for ev in self.conn.close():
                 if isinstance(ev, s.PublishEnded):

@@ -106,8 +106,8 @@ class Server:
             return self.proc.wait(timeout=5)
 
 
-def start_server(*, ingest: int = 1, egress: int = 2,
-                 tweak: Any = None) -> Server:
+def start_server(*, ingest: int = 1, egress: int = 2, tweak: Any = None,
+                 env: dict[str, str] | None = None) -> Server:
     # ipc:// paths are limited to about 100 characters: keep the run directory short.
     workdir = Path(tempfile.mkdtemp(prefix="rm-", dir="/tmp"))
     doc = default_document()
@@ -127,7 +127,8 @@ def start_server(*, ingest: int = 1, egress: int = 2,
     with open(log_path, "wb") as log:
         server.proc = subprocess.Popen(
             [sys.executable, "-m", "control.supervisor", "--config", str(config_path)],
-            cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            env={**os.environ, **(env or {})})
     try:
         wait_until(server.ready, START_TIMEOUT_S, "rtmpmate to start")
     except TimeoutError:
