@@ -54,6 +54,7 @@ class StreamHub:
         self._offset = 0  # ms added to every timestamp of the current session
         self._last_dts = 0  # ms, last output dts over all tracks
         self._rebase = False  # next packet of a new session fixes the offset
+        self._last_track_dts: dict[TrackKind, int] = {}  # in the packets' timescale
         self._expect_video = False
         self._resync = False
 
@@ -164,19 +165,27 @@ class StreamHub:
         """Keep output timestamps monotonic across publishers: shift each session as a whole."""
         if pkt.kind is TrackKind.DATA:
             return pkt
-        dts_ms = rescale(pkt.dts, pkt.timescale, 1000)
-        if self._rebase and not pkt.is_config:
-            self._offset = self._last_dts + REPUBLISH_GAP_MS - dts_ms
-            self._rebase = False
-        elif dts_ms + self._offset < self._last_dts - 1000 and not pkt.is_config:
-            # A jump back of over a second inside a session: treat it like a new session.
-            self._offset = self._last_dts + REPUBLISH_GAP_MS - dts_ms
         if not pkt.is_config:
+            dts_ms = rescale(pkt.dts, pkt.timescale, 1000)
+            # A new publisher, or a jump back of over a second inside a session, continues
+            # just after the last frame sent.
+            if self._rebase or dts_ms + self._offset < self._last_dts - 1000:
+                self._offset = self._last_dts + REPUBLISH_GAP_MS - dts_ms
+                self._rebase = False
             self._last_dts = max(self._last_dts, dts_ms + self._offset)
-        if self._offset == 0:
-            return pkt
         shift = rescale(self._offset, 1000, pkt.timescale)
-        return dataclasses.replace(pkt, dts=pkt.dts + shift, pts=pkt.pts + shift)
+        dts, pts = pkt.dts + shift, pkt.pts + shift
+        if not pkt.is_config:
+            # Players need strictly increasing DTS per track; some muxers (GStreamer's flvmux
+            # with B-frames) clamp the first negative DTS values to 0 and repeat them.
+            last = self._last_track_dts.get(pkt.kind)
+            if last is not None and dts <= last:
+                dts = last + 1
+            self._last_track_dts[pkt.kind] = dts
+            pts = max(pts, dts)
+        if dts == pkt.dts and pts == pkt.pts:
+            return pkt
+        return dataclasses.replace(pkt, dts=dts, pts=pts)
 
 
 def _mentions_video(amf_payload: bytes) -> bool:

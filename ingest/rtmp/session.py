@@ -9,6 +9,7 @@ the state machine reacts to whatever arrives instead of following a script.
 from __future__ import annotations
 
 import enum
+import math
 from dataclasses import dataclass, field
 
 from broker import flvpacket
@@ -25,6 +26,7 @@ WINDOW_ACK_SIZE = 2_500_000
 PEER_BANDWIDTH = 2_500_000
 SERVER_VERSION = "FMS/3,0,1,123"
 MAX_STREAMS_PER_CONNECTION = 16
+MAX_ECHO_CHARS = 200
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +88,11 @@ class State(enum.Enum):
     CLOSED = "closed"
 
 
+def _clip(text: str) -> str:
+    """Client strings echoed in replies are cut: a reply must fit RTMP's 24-bit length."""
+    return text if len(text) <= MAX_ECHO_CHARS else text[:MAX_ECHO_CHARS] + "..."
+
+
 def split_name(text: str) -> tuple[str, str]:
     """'sample?token=x' -> ('sample', 'token=x')."""
     name, _, query = text.partition("?")
@@ -99,6 +106,8 @@ def stream_key(app: str, name: str) -> StreamKey:
     for part in (key.app, key.instance, key.name):
         if not part or "/" in part or "\x00" in part or part.startswith("$"):
             raise ValueError(f"bad stream name {app}/{name}")
+        if len(part) > MAX_ECHO_CHARS:
+            raise ValueError("stream name too long")
     return key
 
 
@@ -143,7 +152,7 @@ class RtmpServerConnection:
         self._streams: set[int] = set()
         self.publishing: dict[int, _Published] = {}
         self.playing: set[int] = set()
-        self._pending: dict[int, tuple[str, float]] = {}  # stream id -> (command, txn)
+        self._orphans: list[SessionEvent] = []  # ends decided in a read that then failed
         self._bytes_in = 0
         self._ack_window = 0  # the peer's Window Acknowledgement Size; 0 = none asked
         self._last_ack = 0
@@ -165,12 +174,17 @@ class RtmpServerConnection:
                 return []
         self._decoder.receive_data(data)
         events: list[SessionEvent] = []
-        while True:
-            msg = self._decoder.next_event()
-            if msg is NEED_DATA:
-                break
-            assert isinstance(msg, RtmpMessage)
-            self._handle(msg, events)
+        try:
+            while True:
+                msg = self._decoder.next_event()
+                if msg is NEED_DATA:
+                    break
+                assert isinstance(msg, RtmpMessage)
+                self._handle(msg, events)
+        except RtmpProtocolError:
+            # The caller never sees this read's events; close() must still report the ends.
+            self._orphans += [e for e in events if isinstance(e, PublishEnded | PlayEnded)]
+            raise
         if self._ack_window and self._bytes_in - self._last_ack >= self._ack_window:
             self._last_ack = self._bytes_in
             self._send(m.acknowledgement(self._bytes_in))
@@ -270,7 +284,7 @@ class RtmpServerConnection:
             if name == "FCPublish" and cmd.args and isinstance(cmd.args[0], str):
                 # FMLE waits for this before it publishes.
                 self._send(m.command("onFCPublish", 0.0, None, {
-                    "code": "NetStream.Publish.Start", "description": cmd.args[0]}))
+                    "code": "NetStream.Publish.Start", "description": _clip(cmd.args[0])}))
         elif name == "publish":
             self._publish(cmd, events)
         elif name == "play":
@@ -278,7 +292,7 @@ class RtmpServerConnection:
         elif name in ("deleteStream", "closeStream", "FCUnpublish"):
             sid = cmd.stream_id
             if name == "deleteStream" and cmd.args and isinstance(cmd.args[0], float):
-                sid = int(cmd.args[0])
+                sid = int(cmd.args[0]) if math.isfinite(cmd.args[0]) else 0
             elif name == "FCUnpublish":
                 sid = next(iter(self.publishing), 0)
                 if cmd.transaction_id:
@@ -292,8 +306,8 @@ class RtmpServerConnection:
             self._error(cmd, "NetConnection.Call.Failed", f"unknown command {name}")
 
     def _error(self, cmd: m.Command, code: str, description: str) -> None:
-        self._send(m.command("_error", cmd.transaction_id, None,
-                             {"level": "error", "code": code, "description": description}))
+        self._send(m.command("_error", cmd.transaction_id, None, {
+            "level": "error", "code": code, "description": _clip(description)}))
 
     def _connect(self, cmd: m.Command, events: list[SessionEvent]) -> None:
         if self.state is not State.AWAIT_CONNECT:
@@ -342,7 +356,7 @@ class RtmpServerConnection:
         except ValueError as exc:
             code = ("NetStream.Publish.BadName" if cmd.name == "publish"
                     else "NetStream.Play.StreamNotFound")
-            self._send(m.status(cmd.stream_id, "error", code, str(exc)))
+            self._send(m.status(cmd.stream_id, "error", code, _clip(str(exc))))
             return None
 
     def _publish(self, cmd: m.Command, events: list[SessionEvent]) -> None:
@@ -352,18 +366,15 @@ class RtmpServerConnection:
         if cmd.stream_id in self.publishing or cmd.stream_id in self.playing:
             raise RtmpProtocolError("publish on a stream that is already in use")
         mode = cmd.args[1] if len(cmd.args) > 1 and isinstance(cmd.args[1], str) else "live"
-        self._pending[cmd.stream_id] = ("publish", cmd.transaction_id)
         events.append(PublishRequested(cmd.stream_id, req[0], req[1], mode))
 
     def accept_publish(self, stream_id: int, key: StreamKey) -> None:
-        self._pending.pop(stream_id, None)
         self.publishing[stream_id] = _Published(key)
         self._send(m.user_control(m.UserControl.STREAM_BEGIN, stream_id))
         self._send(m.status(stream_id, "status", "NetStream.Publish.Start",
                             f"{key.name} is now published."))
 
     def reject_publish(self, stream_id: int, code: str, description: str) -> None:
-        self._pending.pop(stream_id, None)
         self._send(m.status(stream_id, "error", code, description))
 
     def _play(self, cmd: m.Command, events: list[SessionEvent]) -> None:
@@ -372,11 +383,9 @@ class RtmpServerConnection:
             return
         if cmd.stream_id in self.publishing or cmd.stream_id in self.playing:
             raise RtmpProtocolError("play on a stream that is already in use")
-        self._pending[cmd.stream_id] = ("play", cmd.transaction_id)
         events.append(PlayRequested(cmd.stream_id, req[0], req[1]))
 
     def accept_play(self, stream_id: int, key: StreamKey) -> None:
-        self._pending.pop(stream_id, None)
         self.playing.add(stream_id)
         self._send(m.user_control(m.UserControl.STREAM_BEGIN, stream_id))
         self._send(m.status(stream_id, "status", "NetStream.Play.Reset",
@@ -387,7 +396,6 @@ class RtmpServerConnection:
         self._send(m.data_message(stream_id, "onStatus", {"code": "NetStream.Data.Start"}))
 
     def reject_play(self, stream_id: int, code: str, description: str) -> None:
-        self._pending.pop(stream_id, None)
         self._send(m.status(stream_id, "error", code, description))
 
     def play_unpublished(self, stream_id: int, key: StreamKey) -> None:
@@ -415,7 +423,7 @@ class RtmpServerConnection:
 
     def close(self) -> list[SessionEvent]:
         """The connection is gone: end whatever it published or played."""
-        events: list[SessionEvent] = []
+        events, self._orphans = self._orphans, []
         for sid in list(self.publishing) + list(self.playing):
             self._end_stream(sid, events, delete=True)
         self.state = State.CLOSED

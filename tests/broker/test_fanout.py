@@ -123,20 +123,18 @@ def test_capacity_counts_queued_items_and_overflow_starts_skipping() -> None:
     q = ViewerQueue(3)
     for i in range(3):
         q.push(b"%d" % i, sync=False)
-    assert not q.skipping
+    assert (q.skipping, q.dropped) == (False, 0)
     q.push(b"x", sync=False)  # the fourth: dropped, and skipping begins
-    assert q.skipping
-    assert q.dropped == 1
+    assert (q.skipping, q.dropped) == (True, 1)
     q.push(b"k", sync=True)  # a sync point, but still no room: dropped too
-    assert q.skipping
-    assert q.dropped == 2
+    assert (q.skipping, q.dropped) == (True, 2)
     assert drain_now(q) == [b"0", b"1", b"2"]
     # Room again, but a skipping queue waits for a sync point.
     q.push(b"p", sync=False)
     q.push(b"p2", sync=False)
-    assert q.dropped == 4
+    assert (q.skipping, q.dropped) == (True, 4)
     q.push(b"k2", sync=True)
-    assert not q.skipping
+    assert (q.skipping, q.dropped) == (False, 4)
     q.push(b"p3", sync=False)
     assert drain_now(q) == [b"k2", b"p3"]
     assert q.dropped == 4

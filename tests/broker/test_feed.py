@@ -149,8 +149,7 @@ def test_new_session_mid_way_sets_needs_snapshot_and_buffers() -> None:
     state.on_wire(media(0))
     state.on_wire(media(7, S2))  # S2's start (and its sequence headers) was missed
     assert sink.events == ["session", pkt(0), "session"]
-    assert state.needs_snapshot
-    assert state.joining
+    assert (state.needs_snapshot, state.joining) == (True, True)
     state.on_wire(media(8, S2))
     state.on_wire(media(9, S2))
     assert sink.events == ["session", pkt(0), "session"]  # buffered, not delivered

@@ -4,13 +4,16 @@ keep timestamps monotonic across publishers."""
 from __future__ import annotations
 
 import re
-from collections.abc import Hashable, Iterable
+from typing import TYPE_CHECKING
 
 import trio
 
 from broker import hub as hub_module
 from broker.hub import StreamHub, Viewer
 from broker.packet import Codec, MediaPacket, StreamKey, TrackKind
+
+if TYPE_CHECKING:
+    from collections.abc import Hashable, Iterable
 
 KEY = StreamKey("live", "_definst_", "hub")
 
@@ -109,6 +112,20 @@ def media_dts(tokens: list[str]) -> list[int]:
     return [int(m[1]) for t in tokens if (m := FRAME_TOKEN.fullmatch(t))]
 
 
+def is_live(hub: StreamHub) -> bool:
+    """hub.live, read through a call so that mypy does not narrow it between feeds."""
+    return hub.live
+
+
+def is_skipping(v: Viewer) -> bool:
+    return v.queue.skipping
+
+
+def names(tokens: list[str]) -> list[str]:
+    """Tokens without their timestamps (for headers, whose timestamps are not pinned here)."""
+    return [t.partition("@")[0] for t in tokens]
+
+
 def new_hub() -> StreamHub:
     hub = StreamHub(KEY, mux)
     hub.on_session()
@@ -127,10 +144,10 @@ async def test_viewer_added_before_live_starts_with_header_metadata_configs_keyf
     v = viewer(handler=handler)
     hub.add(v)
     feed(hub, HEAD)
-    assert not hub.live
+    assert not is_live(hub)
     assert await take(v) == []
     feed(hub, [vf(0, key=True)])
-    assert hub.live
+    assert is_live(hub)
     assert v.started
     assert handler.begins == [(True, True)]
     assert await take(v) == ["HDR", tok(meta()), tok(avcc()), tok(asc()), tok(vf(0, key=True))]
@@ -171,30 +188,33 @@ async def test_slow_viewer_drops_until_a_keyframe_and_never_slows_others() -> No
     fast = viewer(8)
     hub.add(slow)
     hub.add(fast)
-    feed(hub, HEAD)
     fast_got: list[str] = []
-    sent: list[MediaPacket] = []
-    for pkt in av_frames(range(25)):  # keyframes at 0, 10, 20; the slow viewer never reads
-        hub.on_packet(pkt)
-        sent.append(pkt)
-        fast_got += await take(fast)
+
+    async def feed_fast_reading(packets: list[MediaPacket]) -> None:
+        for pkt in packets:
+            hub.on_packet(pkt)
+            fast_got.extend(await take(fast))  # the fast viewer reads after every packet
+
+    await feed_fast_reading(HEAD)
+    sent = av_frames(range(25))  # keyframes at 0, 10, 20
+    await feed_fast_reading(sent)  # the slow viewer never reads
     # The fast viewer got every frame, whatever the slow one did.
     assert fast_got == ["HDR", *map(tok, HEAD), *map(tok, sent)]
-    assert fast.queue.dropped == 0
     # The slow one: the start blob plus 7 frames fill its 8 slots; the rest was dropped, the
     # keyframes at 10 and 20 included, since there was never room for them.
     assert slow.queue.dropped == len(sent) - 8
     assert await take(slow) == ["HDR", *map(tok, HEAD), *map(tok, sent[:8])]
     # Now it has room, but it resumes only at the next keyframe.
-    feed(hub, av_frames(range(25, 30)))
+    fast_got.clear()
+    await feed_fast_reading(av_frames(range(25, 30)))
     assert await take(slow) == []
-    assert slow.queue.skipping
-    feed(hub, av_frames(range(30, 33)))
+    assert is_skipping(slow)
+    await feed_fast_reading(av_frames(range(30, 33)))
     assert await take(slow) == list(map(tok, av_frames(range(30, 33))))
-    assert await take(slow) == []
-    assert not slow.queue.skipping
-    # The fast viewer, meanwhile, still got everything.
-    assert await take(fast) == list(map(tok, av_frames(range(25, 33))))
+    assert not is_skipping(slow)
+    # The fast viewer, meanwhile, still got everything, and never dropped a frame.
+    assert fast_got == list(map(tok, av_frames(range(25, 33))))
+    assert fast.queue.dropped == 0
 
 
 async def test_full_viewer_still_gets_config_and_metadata_updates() -> None:
@@ -203,7 +223,7 @@ async def test_full_viewer_still_gets_config_and_metadata_updates() -> None:
     hub.add(slow)
     feed(hub, HEAD)
     feed(hub, av_frames(range(4)))
-    assert slow.queue.skipping
+    assert is_skipping(slow)
     feed(hub, [meta(META_AV + b"-2"), avcc(b"avcC-2")])
     tokens = await take(slow)
     assert tokens[-2:] == [tok(meta(META_AV + b"-2")), tok(avcc(b"avcC-2"))]
@@ -251,13 +271,13 @@ async def test_timestamps_stay_monotonic_across_a_republish() -> None:
     # A viewer joining now starts on the new session's keyframe, shifted past the old session.
     v2 = viewer()
     hub.add(v2)
-    assert await take(v2) == ["HDR", tok(meta()), tok(avcc(b"avcC-2"), 0), tok(asc(b"asc-2"), 0),
-                              *[tok(p, shift) for p in second[20:]]]
+    tokens = await take(v2)
+    assert names(tokens[:4]) == ["HDR", META_AV.decode(), "avcC-2", "asc-2"]
+    assert tokens[4:] == [tok(p, shift) for p in second[20:]]
     # Whatever the first viewer got, its frame timestamps never go back.
     dts = media_dts(got1 + await take(v1))
     assert dts == sorted(dts)
     assert len(set(dts)) == len(dts)
-    assert media_dts(await take(v2)) == []
 
 
 async def test_on_end_closes_or_keeps_viewers_by_their_handler() -> None:
@@ -272,7 +292,7 @@ async def test_on_end_closes_or_keeps_viewers_by_their_handler() -> None:
     before = await take(staying)
     assert (await take(closing))[0] == "HDR"
     hub.on_end()
-    assert not hub.live
+    assert not is_live(hub)
     # The closing viewer: removed, and its queue ends.
     assert closing not in hub.viewers
     assert closing.queue.closed
@@ -289,7 +309,7 @@ async def test_on_end_closes_or_keeps_viewers_by_their_handler() -> None:
     second = av_frames(range(1, 4), gop=1, tag="x")  # x-v1 is a keyframe
     feed(hub, second)
     tokens = await take(staying)
-    assert tokens[:4] == ["HDR", tok(meta()), tok(avcc(b"avcC-2")), tok(asc(b"asc-2"))]
+    assert names(tokens[:4]) == ["HDR", META_AV.decode(), "avcC-2", "asc-2"]
     assert tokens[4:] == [tok(p, shift) for p in second]
     assert staying_handler.begins == [(True, True), (True, True)]
     dts = media_dts(before + tokens)
@@ -331,7 +351,7 @@ async def test_republish_shift_in_a_90khz_timescale() -> None:
     feed(hub, [meta(META_V), avcc()])
     feed(hub, [packet(TrackKind.VIDEO, 0, b"v0", key=True, timescale=90000),
                packet(TrackKind.VIDEO, 3600, b"v1", timescale=90000)])  # 0 and 40 ms
-    assert hub.live
+    assert is_live(hub)
     hub.on_session()
     feed(hub, [meta(META_V), avcc()])
     feed(hub, [packet(TrackKind.VIDEO, 0, b"xv0", key=True, timescale=90000)])
@@ -349,16 +369,16 @@ async def test_audio_only_stream_with_metadata_goes_live_on_the_first_audio_fram
     v = viewer(handler=handler)
     hub.add(v)
     feed(hub, [meta(META_A), asc()])
-    assert not hub.live
+    assert not is_live(hub)
     feed(hub, [af(0)])
-    assert hub.live
+    assert is_live(hub)
     assert handler.begins == [(True, False)]
     assert await take(v) == ["HDR", tok(meta(META_A)), tok(asc()), tok(af(0))]
     # Every audio frame is a sync point: a slow audio viewer resumes at the next frame.
     slow = viewer(1)
     hub.add(slow)
     feed(hub, [af(1), af(2)])
-    assert slow.queue.skipping
+    assert is_skipping(slow)
     await take(slow)
     feed(hub, [af(3)])
     assert await take(slow) == [tok(af(3))]
@@ -370,9 +390,9 @@ async def test_audio_only_stream_without_metadata_waits_for_enough_frames() -> N
     hub.add(v)
     feed(hub, [asc()])
     feed(hub, [af(i) for i in range(hub_module.AUDIO_ONLY_AFTER_FRAMES - 1)])
-    assert not hub.live
+    assert not is_live(hub)
     feed(hub, [af(hub_module.AUDIO_ONLY_AFTER_FRAMES - 1)])
-    assert hub.live
+    assert is_live(hub)
     tokens = await take(v)
     assert tokens[:2] == ["HDR", tok(asc())]
     assert len(tokens) == 2 + hub_module.AUDIO_ONLY_AFTER_FRAMES
@@ -385,9 +405,9 @@ async def test_video_only_stream_without_metadata_goes_live_after_enough_frames(
     hub.add(v)
     frames = [vf(0, key=True), *(vf(i) for i in range(1, hub_module.VIDEO_ONLY_AFTER_FRAMES))]
     feed(hub, [avcc(), *frames[:-1]])
-    assert not hub.live  # audio may still come
+    assert not is_live(hub)  # audio may still come
     feed(hub, frames[-1:])
-    assert hub.live
+    assert is_live(hub)
     assert handler.begins == [(False, True)]
     assert await take(v) == ["HDR", tok(avcc()), *map(tok, frames)]
 
@@ -397,7 +417,7 @@ async def test_video_stream_whose_metadata_has_no_audio_goes_live_on_the_keyfram
     handler = Handler()
     hub.add(viewer(handler=handler))
     feed(hub, [meta(META_V), avcc(), vf(0, key=True)])
-    assert hub.live
+    assert is_live(hub)
     assert handler.begins == [(False, True)]
 
 
@@ -406,16 +426,16 @@ async def test_metadata_announcing_audio_holds_until_the_audio_config() -> None:
     handler = Handler()
     hub.add(viewer(handler=handler))
     feed(hub, [meta(), avcc(), vf(0, key=True), vf(1)])
-    assert not hub.live
+    assert not is_live(hub)
     feed(hub, [asc()])
-    assert hub.live
+    assert is_live(hub)
     assert handler.begins == [(True, True)]
 
 
 async def test_no_live_without_video_config() -> None:
     hub = new_hub()
     feed(hub, [meta(), asc(), *av_frames(range(30))])
-    assert not hub.live
+    assert not is_live(hub)
 
 
 # --- gaps and bookkeeping --------------------------------------------------------------------

@@ -1,0 +1,323 @@
+"""The trio/ZeroMQ bus over real ipc:// sockets, through broker.proxy in a child process."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+import trio
+import zmq
+
+from broker import wire, zsock
+from broker.feed import FeedState
+from broker.packet import Codec, MediaPacket, StreamKey, TrackKind
+from broker.zsock import BusPublisher, BusSubscriber, SnapshotServer, fetch_snapshot
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+ROOT = Path(__file__).resolve().parents[2]
+HWM = 10_000
+WAIT_S = 5.0  # bound on every wait for the bus; a healthy run needs milliseconds
+
+PROXY_SCRIPT = (
+    "import sys\n"
+    "from broker.proxy import run_proxy\n"
+    "run_proxy([sys.argv[1]], [sys.argv[2]], hwm=int(sys.argv[3]))\n"
+)
+
+Context = zmq.Context[zmq.Socket[bytes]]
+
+
+@dataclass(frozen=True)
+class Bus:
+    run_dir: str
+    frontend: str
+    backend: str
+    proc: subprocess.Popen[bytes]
+
+
+@pytest.fixture(scope="module")
+def bus() -> Iterator[Bus]:
+    # ipc:// paths are limited to about 100 bytes: keep the directory short.
+    run_dir = tempfile.mkdtemp(prefix="rmz", dir="/tmp")
+    frontend, backend = zsock.bus_endpoints(run_dir)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-c", PROXY_SCRIPT, frontend, backend, str(HWM)],
+                            cwd=ROOT, env=env)
+    try:
+        yield Bus(run_dir, frontend, backend, proc)
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+@pytest.fixture
+def ctx(bus: Bus) -> Iterator[Context]:
+    assert bus.proc.poll() is None, "the proxy process died"
+    context: Context = zmq.Context()
+    try:
+        yield context
+    finally:
+        context.destroy(linger=0)
+
+
+def key(name: str) -> StreamKey:
+    return StreamKey("live", "_definst_", name)
+
+
+def pkt(stream: StreamKey, i: int, *, kind: TrackKind = TrackKind.VIDEO, key: bool = False,
+        config: bool = False) -> MediaPacket:
+    codec = {TrackKind.VIDEO: Codec.H264, TrackKind.AUDIO: Codec.AAC,
+             TrackKind.DATA: Codec.AMF0}[kind]
+    return MediaPacket(stream=stream, kind=kind, codec=codec, dts=40 * i, pts=40 * i,
+                       timescale=1000, keyframe=key, is_config=config,
+                       payload=b"%s-%d-" % (kind.name.encode(), i) + bytes(i % 7))
+
+
+def av_stream(stream: StreamKey, frames: range, *, gop: int = 5) -> list[MediaPacket]:
+    out: list[MediaPacket] = []
+    for i in frames:
+        out += [pkt(stream, i, key=i % gop == 0), pkt(stream, i, kind=TrackKind.AUDIO)]
+    return out
+
+
+def head(stream: StreamKey) -> list[MediaPacket]:
+    return [pkt(stream, 0, kind=TrackKind.DATA, config=True),
+            pkt(stream, 0, key=True, config=True),
+            pkt(stream, 0, kind=TrackKind.AUDIO, config=True)]
+
+
+async def sync_subscriptions(pub: BusPublisher, sub: BusSubscriber) -> None:
+    """Wait until the subscriber's subscriptions so far have reached the publisher.
+
+    Subscriptions travel SUB -> proxy -> PUB in order, so once a control message subscribed
+    after them comes through, the earlier ones are in force too (ZeroMQ's slow joiner).
+    """
+    arrived = trio.Event()
+
+    def on_control(frames: list[bytes]) -> None:
+        arrived.set()
+
+    sub.subscribe(wire.CONTROL_TOPIC, on_control)
+    with trio.fail_after(WAIT_S):
+        while not arrived.is_set():
+            pub.send_control("ping", {})
+            with trio.move_on_after(0.02):
+                await arrived.wait()
+    sub.unsubscribe(wire.CONTROL_TOPIC, on_control)
+
+
+class Collector:
+    """Decodes a topic's messages; `ended` is set on its END mark."""
+
+    def __init__(self) -> None:
+        self.got: list[wire.WirePacket] = []
+        self.ended = trio.Event()
+
+    def __call__(self, frames: list[bytes]) -> None:
+        wp = wire.decode(frames)
+        self.got.append(wp)
+        if wp.mark is wire.Mark.END:
+            self.ended.set()
+
+
+async def test_subscribed_topic_receives_packets_in_order_with_consecutive_seq(
+        ctx: Context, bus: Bus) -> None:
+    stream = key("inorder")
+    pub = BusPublisher(ctx, bus.frontend, hwm=HWM)
+    sub = BusSubscriber(ctx, bus.backend, hwm=HWM)
+    collector = Collector()
+    sub.subscribe(stream.topic, collector)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(sub.serve)
+        await sync_subscriptions(pub, sub)
+        session = pub.start_session(stream)
+        sent = head(stream) + av_stream(stream, range(60))
+        for p in sent:
+            pub.publish(p)
+        pub.end_session(stream)
+        with trio.fail_after(WAIT_S):
+            await collector.ended.wait()
+        nursery.cancel_scope.cancel()
+    pub.close()
+    assert [wp.seq for wp in collector.got] == list(range(len(sent) + 1))
+    assert {wp.session for wp in collector.got} == {session}
+    assert [wp.packet for wp in collector.got[:-1]] == sent
+    assert collector.got[-1].mark is wire.Mark.END
+    assert stream not in pub.streams
+
+
+async def test_unsubscribed_topic_receives_nothing(ctx: Context, bus: Bus) -> None:
+    wanted, other = key("wanted"), key("other")
+    pub = BusPublisher(ctx, bus.frontend, hwm=HWM)
+    sub = BusSubscriber(ctx, bus.backend, hwm=HWM)
+    collector, unwanted = Collector(), Collector()
+    sub.subscribe(wanted.topic, collector)
+    sub.subscribe(other.topic, unwanted)
+    sub.unsubscribe(other.topic, unwanted)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(sub.serve)
+        await sync_subscriptions(pub, sub)
+        pub.start_session(other)
+        pub.start_session(wanted)
+        for p in av_stream(other, range(10)):
+            pub.publish(p)
+        for p in av_stream(wanted, range(3)):
+            pub.publish(p)
+        pub.end_session(other)
+        pub.end_session(wanted)
+        # Messages of both streams travel one ordered path: once `wanted` has ended, anything
+        # of `other` would have arrived before.
+        with trio.fail_after(WAIT_S):
+            await collector.ended.wait()
+        nursery.cancel_scope.cancel()
+    pub.close()
+    assert len(collector.got) == 7
+    assert unwanted.got == []
+
+
+async def test_topic_filter_is_prefix_safe_on_the_wire(ctx: Context, bus: Bus) -> None:
+    a, ab = key("a"), key("ab")
+    pub = BusPublisher(ctx, bus.frontend, hwm=HWM)
+    raw: zmq.Socket[bytes] = ctx.socket(zmq.SUB)
+    raw.setsockopt(zmq.LINGER, 0)
+    raw.connect(bus.backend)
+    raw.setsockopt(zmq.SUBSCRIBE, a.topic)
+    raw.setsockopt(zmq.SUBSCRIBE, wire.CONTROL_TOPIC)
+    topics: list[bytes] = []
+    try:
+        with trio.fail_after(WAIT_S):
+            while True:  # wait for the subscriptions to reach the publisher
+                pub.send_control("ping", {})
+                with trio.move_on_after(0.02):
+                    if (await zsock.recv_multipart(raw))[0] == wire.CONTROL_TOPIC:
+                        break
+            pub.start_session(ab)
+            pub.start_session(a)
+            for p in av_stream(ab, range(5)):
+                pub.publish(p)
+            pub.publish(pkt(a, 0, key=True))
+            pub.end_session(a)
+            while True:
+                frames = await zsock.recv_multipart(raw)
+                topics.append(frames[0])
+                if frames[0] == a.topic and wire.decode(frames).mark is wire.Mark.END:
+                    break
+    finally:
+        zsock.close_socket(raw)
+        pub.close()
+    assert set(topics) - {wire.CONTROL_TOPIC} == {a.topic}
+
+
+async def test_snapshot_of_a_published_stream(ctx: Context, bus: Bus) -> None:
+    stream = key("snap")
+    endpoint = zsock.snapshot_endpoint(bus.run_dir, "w1")
+    pub = BusPublisher(ctx, bus.frontend, hwm=HWM)
+    server = SnapshotServer(ctx, endpoint, pub)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(server.serve)
+        session = pub.start_session(stream)
+        packets = head(stream) + av_stream(stream, range(8))  # keyframes at 0 and 5
+        for p in packets:
+            pub.publish(p)
+        with trio.fail_after(WAIT_S):
+            snap = await fetch_snapshot(ctx, endpoint, stream)
+            unknown = await fetch_snapshot(ctx, endpoint, key("nobody"))
+        assert snap == wire.Snapshot(stream, session, len(packets) - 1,
+                                     head(stream) + av_stream(stream, range(5, 8)))
+        assert unknown is None
+        # After the session ends, the owner has no snapshot of it any more.
+        pub.end_session(stream)
+        with trio.fail_after(WAIT_S):
+            assert await fetch_snapshot(ctx, endpoint, stream) is None
+        nursery.cancel_scope.cancel()
+    pub.close()
+
+
+async def test_snapshot_of_a_session_with_no_packets_yet(ctx: Context, bus: Bus) -> None:
+    stream = key("fresh")
+    endpoint = zsock.snapshot_endpoint(bus.run_dir, "w2")
+    pub = BusPublisher(ctx, bus.frontend, hwm=HWM)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(SnapshotServer(ctx, endpoint, pub).serve)
+        session = pub.start_session(stream)
+        with trio.fail_after(WAIT_S):
+            snap = await fetch_snapshot(ctx, endpoint, stream)
+        assert snap == wire.Snapshot(stream, session, -1, [])
+        nursery.cancel_scope.cancel()
+    pub.close()
+
+
+async def test_fetch_snapshot_without_an_owner_times_out_to_none(
+        ctx: Context, bus: Bus, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(zsock, "SNAPSHOT_TIMEOUT_S", 0.1)
+    endpoint = zsock.snapshot_endpoint(bus.run_dir, "absent")
+    with trio.fail_after(WAIT_S):
+        assert await fetch_snapshot(ctx, endpoint, key("x")) is None
+
+
+@dataclass
+class Sink:
+    events: list[str | MediaPacket]
+
+    def on_session(self) -> None:
+        self.events.append("session")
+
+    def on_packet(self, pkt: MediaPacket) -> None:
+        self.events.append(pkt)
+
+    def on_discontinuity(self) -> None:
+        self.events.append("gap")
+
+    def on_end(self) -> None:
+        self.events.append("end")
+
+
+async def test_late_joiner_clone_pattern(ctx: Context, bus: Bus) -> None:
+    """Subscribe, fetch the snapshot, apply newer updates: a contiguous start at a keyframe."""
+    stream = key("late")
+    endpoint = zsock.snapshot_endpoint(bus.run_dir, "w3")
+    pub = BusPublisher(ctx, bus.frontend, hwm=HWM)
+    sub = BusSubscriber(ctx, bus.backend, hwm=HWM)
+    sink = Sink([])
+    state = FeedState(sink)
+    ended = trio.Event()
+
+    def on_stream(frames: list[bytes]) -> None:
+        state.on_wire(wire.decode(frames))
+        if sink.events and sink.events[-1] == "end":
+            ended.set()
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(SnapshotServer(ctx, endpoint, pub).serve)
+        nursery.start_soon(sub.serve)
+        pub.start_session(stream)
+        before = head(stream) + av_stream(stream, range(8))  # published before the join
+        for p in before:
+            pub.publish(p)
+        sub.subscribe(stream.topic, on_stream)
+        await sync_subscriptions(pub, sub)
+        during = av_stream(stream, range(8, 10))  # buffered while the snapshot is fetched
+        for p in during:
+            pub.publish(p)
+        with trio.fail_after(WAIT_S):
+            snap = await fetch_snapshot(ctx, endpoint, stream)
+        after = av_stream(stream, range(10, 13))
+        for p in after:
+            pub.publish(p)
+        state.apply_snapshot(snap)
+        pub.end_session(stream)
+        with trio.fail_after(WAIT_S):
+            await ended.wait()
+        nursery.cancel_scope.cancel()
+    pub.close()
+    assert sink.events == ["session", *head(stream), *av_stream(stream, range(5, 13)), "end"]
