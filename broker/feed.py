@@ -51,9 +51,11 @@ class StreamDirectory:
         except ValueError:
             return None
         if kind == "stream":
-            info = body.get("info")
+            info, session = body.get("info"), body.get("session")
+            if type(session) is not int:
+                return None  # malformed: ignore it rather than fail the consumer
             self.streams[key] = StreamInfo(
-                key, str(body.get("owner", "")), int(body.get("session", 0)), now,
+                key, str(body.get("owner", "")), session, now,
                 info if isinstance(info, dict) else {})
             return key
         if kind == "stream-end":
@@ -113,10 +115,13 @@ class FeedState:
         self.joining = False
         self.needs_snapshot = False
         pending, self.pending = self.pending, []
-        for wp in pending:
+        for i, wp in enumerate(pending):
             if wp.session == self.session and wp.seq <= self.last_seq:
                 continue  # already in the snapshot
             self._apply(wp)
+            if self.joining:  # a session joined mid-way: hold the rest for its snapshot
+                self.pending += pending[i + 1:]
+                break
 
     def start_join(self) -> None:
         """Buffer from now on until apply_snapshot (used when a session was joined mid-way)."""

@@ -15,7 +15,8 @@ AUDIO_ONLY_TAIL_FRAMES = 48
 class GopCache:
     """Per-stream start-up state, updated packet by packet (pure; no I/O)."""
 
-    __slots__ = ("audio_config", "gop", "gop_bytes", "has_video", "metadata", "video_config")
+    __slots__ = ("audio_config", "gop", "gop_bytes", "has_video", "keyed", "metadata",
+                 "video_config")
 
     def __init__(self) -> None:
         self.metadata: MediaPacket | None = None
@@ -24,6 +25,7 @@ class GopCache:
         self.gop: list[MediaPacket] = []
         self.gop_bytes = 0
         self.has_video = False
+        self.keyed = False  # the GOP starts with a video keyframe
 
     def add(self, pkt: MediaPacket) -> None:
         if pkt.kind is TrackKind.DATA:
@@ -38,20 +40,25 @@ class GopCache:
         if pkt.kind is TrackKind.VIDEO:
             self.has_video = True
             if pkt.keyframe:
-                self.gop.clear()
-                self.gop_bytes = 0
-            elif not self.gop:
-                return  # no keyframe yet: nothing a viewer could start with
+                self._clear()
+                self.keyed = True
+            elif not self.keyed:
+                self._clear()  # no keyframe yet (an audio tail goes too): nothing to start on
+                return
         elif self.has_video:
-            if not self.gop:
+            if not self.keyed:
                 return  # audio before the first keyframe would play without picture
         elif len(self.gop) >= AUDIO_ONLY_TAIL_FRAMES:
             self.gop_bytes -= len(self.gop.pop(0).payload)
         self.gop.append(pkt)
         self.gop_bytes += len(pkt.payload)
         if len(self.gop) > MAX_GOP_FRAMES or self.gop_bytes > MAX_GOP_BYTES:
-            self.gop.clear()
-            self.gop_bytes = 0
+            self._clear()
+
+    def _clear(self) -> None:
+        self.gop.clear()
+        self.gop_bytes = 0
+        self.keyed = False
 
     def snapshot(self) -> list[MediaPacket]:
         """Metadata, sequence headers, then the GOP: a valid start for any player."""

@@ -54,7 +54,7 @@ class StreamHub:
         self._offset = 0  # ms added to every timestamp of the current session
         self._last_dts = 0  # ms, last output dts over all tracks
         self._rebase = False  # next packet of a new session fixes the offset
-        self._last_track_dts: dict[TrackKind, int] = {}  # in the packets' timescale
+        self._last_track_dts: dict[TrackKind, tuple[int, int]] = {}  # (dts, its timescale)
         self._expect_video = False
         self._resync = False
 
@@ -67,6 +67,10 @@ class StreamHub:
         self._expect_video = False
         self.live = False
         self._resync = False
+        for viewer in self.viewers:
+            # Even without an END (lost, or the owner died), a new publisher means new
+            # headers: every viewer starts again at the new session's first keyframe.
+            viewer.started = False
 
     def on_discontinuity(self) -> None:
         self._resync = True
@@ -175,13 +179,16 @@ class StreamHub:
             self._last_dts = max(self._last_dts, dts_ms + self._offset)
         shift = rescale(self._offset, 1000, pkt.timescale)
         dts, pts = pkt.dts + shift, pkt.pts + shift
-        if not pkt.is_config:
+        if pkt.is_config:
+            # A new session's headers come before its offset is known: never before the past.
+            dts = pts = max(dts, rescale(self._last_dts, 1000, pkt.timescale))
+        else:
             # Players need strictly increasing DTS per track; some muxers (GStreamer's flvmux
             # with B-frames) clamp the first negative DTS values to 0 and repeat them.
-            last = self._last_track_dts.get(pkt.kind)
-            if last is not None and dts <= last:
-                dts = last + 1
-            self._last_track_dts[pkt.kind] = dts
+            if (last := self._last_track_dts.get(pkt.kind)) is not None:
+                floor = rescale(last[0], last[1], pkt.timescale) + 1
+                dts = max(dts, floor)
+            self._last_track_dts[pkt.kind] = (dts, pkt.timescale)
             pts = max(pts, dts)
         if dts == pkt.dts and pts == pkt.pts:
             return pkt

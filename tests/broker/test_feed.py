@@ -313,3 +313,22 @@ def test_directory_ignores_other_kinds() -> None:
     d = StreamDirectory()
     assert d.on_control({"kind": "viewers", "key": str(KEY), "count": 3}, 0.0) is None
     assert d.streams == {}
+
+
+def test_mid_session_join_without_snapshot_keeps_buffering() -> None:
+    sink = RecordingSink()
+    state = FeedState(sink)
+    for seq in (5, 6, 7):
+        state.on_wire(media(seq))
+    state.apply_snapshot(None)
+    assert state.needs_snapshot
+    assert sink.events == ["session"]
+    state.apply_snapshot(Snapshot(KEY, S1, 7, [pkt(4, key=True), pkt(5), pkt(6), pkt(7)]))
+    assert sink.events == ["session", pkt(4, key=True), pkt(5), pkt(6), pkt(7)]
+
+
+@pytest.mark.parametrize("bad", ["x", None, [1], 1.5])
+def test_directory_ignores_a_malformed_session(bad: object) -> None:
+    d = StreamDirectory()
+    assert d.on_control({"kind": "stream", "key": "live/_definst_/a", "session": bad}, 0.0) is None
+    assert d.streams == {}

@@ -105,12 +105,13 @@ def test_audio_only_keeps_a_bounded_tail() -> None:
 
 def test_audio_only_tail_before_video_then_keyframe_takes_over() -> None:
     cache = fill(GopCache(), [audio(0), audio(21)])
-    assert len(cache.gop) == 2
-    cache.add(video(30))  # not a keyframe: video is now known, the audio tail stays
-    assert cache.has_video
+    assert cache.gop == [audio(0), audio(21)]
     k = video(40, key=True)
     cache.add(k)
+    assert cache.has_video
     assert cache.gop == [k]
+    cache.add(audio(42))
+    assert cache.gop == [k, audio(42)]
 
 
 def test_frame_bound_clears_the_gop_until_the_next_keyframe() -> None:
@@ -157,3 +158,10 @@ def test_audio_only_byte_bound() -> None:
     assert cache.gop == []
     cache.add(audio(42))
     assert cache.gop == [audio(42)]  # audio-only restarts on any frame
+
+
+def test_gop_never_starts_with_a_non_key_video_frame() -> None:
+    cache = fill(GopCache(), [vcfg(), acfg(), audio(0), audio(21)])
+    cache.add(video(30))
+    assert all(p.kind is not TrackKind.VIDEO for p in cache.gop)
+    assert not cache.gop

@@ -226,7 +226,9 @@ async def test_full_viewer_still_gets_config_and_metadata_updates() -> None:
     assert is_skipping(slow)
     feed(hub, [meta(META_AV + b"-2"), avcc(b"avcC-2")])
     tokens = await take(slow)
-    assert tokens[-2:] == [tok(meta(META_AV + b"-2")), tok(avcc(b"avcC-2"))]
+    # A header sent with timestamp 0 mid-stream goes out at the current time, never earlier.
+    last = max(p.dts for p in av_frames(range(4)))
+    assert tokens[-2:] == [tok(meta(META_AV + b"-2")), tok(avcc(b"avcC-2"), shift=last)]
 
 
 async def test_mux_runs_once_per_packet_and_variant_not_per_viewer() -> None:
@@ -470,3 +472,29 @@ async def test_remove_and_counts() -> None:
     with trio.fail_after(1):
         assert await a.queue.get_batch() == []
     assert (await take(b))[0] == "HDR"
+
+
+async def test_republish_without_end_restarts_started_viewers() -> None:
+    hub = new_hub()
+    v = viewer()
+    hub.add(v)
+    feed(hub, HEAD)
+    feed(hub, av_frames(range(12)))
+    await take(v)
+    hub.on_session()  # a new publisher whose predecessor's END was lost
+    feed(hub, [meta(), avcc(b"avcC-2"), asc(b"asc-2"), *av_frames(range(3), tag="x")])
+    tokens = await take(v)
+    assert names(tokens[:5]) == ["HDR", META_AV.decode(), "avcC-2", "asc-2", "xv0"]
+
+
+async def test_republish_with_another_timescale_continues_40ms_later() -> None:
+    hub = new_hub()
+    feed(hub, [meta(META_V), avcc()])
+    feed(hub, [packet(TrackKind.VIDEO, 3600 * i, b"v%d" % i, key=i == 0, timescale=90000)
+               for i in range(50)])
+    hub.on_session()
+    feed(hub, [meta(META_V), avcc()])
+    feed(hub, [packet(TrackKind.VIDEO, 40 * i, b"xv%d" % i, key=i == 0) for i in range(3)])
+    late = viewer()
+    hub.add(late)
+    assert (await take(late))[3:] == ["xv0@2000", "xv1@2040", "xv2@2080"]
