@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck unit clean
+.PHONY: run test lint typecheck unit clean browser-deps
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,7 +24,17 @@ typecheck: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/pytest -q -m 'not interop'
 
-test: $(STAMP) lint typecheck
+# The browser tests' npm packages (mpegts.js, playwright-core), when Node.js is there.
+BROWSER_DEPS := tests/browser/node_modules/.package-lock.json
+
+$(BROWSER_DEPS): tests/browser/package.json tests/browser/package-lock.json
+	cd tests/browser && npm ci --no-audit --no-fund --loglevel=error
+
+browser-deps:
+	@if command -v npm >/dev/null 2>&1; then $(MAKE) --no-print-directory $(BROWSER_DEPS); \
+	else echo "npm not found: the browser tests will not run"; fi
+
+test: $(STAMP) lint typecheck browser-deps
 	$(BIN)/python -m tests.tools
 	$(BIN)/pytest -q
 

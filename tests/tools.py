@@ -3,28 +3,26 @@
 from __future__ import annotations
 
 import os
-import shutil
 import sys
 
 import imageio_ffmpeg
 
-INTEROP = {
-    "rtmpdump": "Debian package rtmpdump (librtmp player)",
-    "gst-launch-1.0": "Debian packages gstreamer1.0-tools, -plugins-good/-bad, -libav",
-}
+from tests.e2e.conftest import REQUIREMENTS, missing_requirements
 
 
 def main() -> int:
     print(f"ffmpeg: {imageio_ffmpeg.get_ffmpeg_exe()} (imageio-ffmpeg wheel)")
-    missing = [tool for tool in INTEROP if shutil.which(tool) is None]
-    for tool, source in INTEROP.items():
-        print(f"{tool}: {shutil.which(tool) or 'MISSING, from ' + source}")
-    if missing:
-        print("Interop tests will NOT run on this machine (`.ci/run` installs the tools).")
-        if os.environ.get("RTMPMATE_REQUIRE_INTEROP"):
-            print("RTMPMATE_REQUIRE_INTEROP is set: failing.", file=sys.stderr)
-            return 1
-    return 0
+    failed = False
+    for marker, needs in REQUIREMENTS.items():
+        missing = missing_requirements(marker)
+        if not missing:
+            print(f"{marker} tests: will run ({', '.join(needs)} present)")
+            continue
+        print(f"{marker} tests: will NOT run, missing {', '.join(missing)} (.ci/run installs them)")
+        failed = failed or bool(os.environ.get("RTMPMATE_REQUIRE_INTEROP"))
+    if failed:
+        print("RTMPMATE_REQUIRE_INTEROP is set: failing.", file=sys.stderr)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -8,32 +8,40 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from tests.e2e.harness import Server, cleanup, make_media, start_server
+from tests.e2e.harness import REPO, Server, cleanup, make_media, start_server
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
     from pathlib import Path
 
-INTEROP_TOOLS = ("rtmpdump", "gst-launch-1.0")
+# What each marker's tests need beyond the Python packages; `tests/tools.py` says the same.
+REQUIREMENTS = {
+    "interop": ["rtmpdump", "gst-launch-1.0"],
+    "browser": ["chromium", "node", "tests/browser/node_modules"],
+}
+
+
+def missing_requirements(marker: str) -> list[str]:
+    return [r for r in REQUIREMENTS[marker]
+            if (not (REPO / r).exists() if "/" in r else shutil.which(r) is None)]
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Interop tests need Debian tools: run them when present, say so plainly when not."""
-    missing = [t for t in INTEROP_TOOLS if shutil.which(t) is None]
-    if not missing:
-        return
-    if os.environ.get("RTMPMATE_REQUIRE_INTEROP"):
-        raise pytest.UsageError(
-            f"interop tools missing: {', '.join(missing)} (.ci/run installs them)")
-    keep: list[pytest.Item] = []
-    dropped: list[pytest.Item] = []
-    for item in items:
-        (dropped if item.get_closest_marker("interop") else keep).append(item)
-    if dropped:
-        config.hook.pytest_deselected(items=dropped)
-        items[:] = keep
-        print(f"\nNOT RUN: {len(dropped)} interop tests; missing tools: {', '.join(missing)}. "
-              "Install rtmpdump and GStreamer (see .ci/run) to run them.")
+    """Interop and browser tests need Debian tools: run them when present, say so when not."""
+    for marker in REQUIREMENTS:
+        missing = missing_requirements(marker)
+        if not missing:
+            continue
+        if os.environ.get("RTMPMATE_REQUIRE_INTEROP"):
+            raise pytest.UsageError(
+                f"{marker} tests need {', '.join(missing)} (.ci/run installs them)")
+        keep = [i for i in items if not i.get_closest_marker(marker)]
+        dropped = [i for i in items if i.get_closest_marker(marker)]
+        if dropped:
+            config.hook.pytest_deselected(items=dropped)
+            items[:] = keep
+            print(f"\nNOT RUN: {len(dropped)} {marker} tests; missing: {', '.join(missing)}. "
+                  "See .ci/run for how to install them.")
 
 
 @pytest.fixture(scope="session")

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from tests.e2e.harness import REPO, free_port, publish, wait_until
+from tests.e2e.harness import REPO, cleanup, free_port, publish, start_server, wait_until
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
     from tests.e2e.harness import Server
 
-pytestmark = pytest.mark.interop
+pytestmark = pytest.mark.browser
 BROWSER_DIR = REPO / "tests" / "browser"
 PLAY_S = 6
 
@@ -55,9 +55,21 @@ def play_in_browser(page: str, seconds: int) -> dict[str, Any]:
     return result
 
 
+@pytest.fixture
+def cors_server(page_server: str) -> Iterator[Server]:
+    """HTTP-FLV from a page of another origin needs that origin in `cors`."""
+    def allow_page(doc: dict[str, Any]) -> None:
+        doc["http"]["cors"] = f"http://example.invalid, {page_server}"
+
+    srv = start_server(ingest=1, egress=2, tweak=allow_page)
+    yield srv
+    cleanup(srv)
+
+
 @pytest.mark.parametrize("scheme", ["ws", "http"])
-def test_mpegts_js_plays_live_flv(server: Server, page_server: str, av_media: Path,
+def test_mpegts_js_plays_live_flv(cors_server: Server, page_server: str, av_media: Path,
                                   scheme: str) -> None:
+    server = cors_server
     publisher = publish(server, av_media)
     try:
         wait_until(lambda: server.stream_status(), 10, "the stream")
