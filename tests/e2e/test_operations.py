@@ -7,9 +7,14 @@ import socket
 import subprocess
 import sys
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from tests.e2e.harness import REPO, cleanup, publish, start_server, wait_until
+import httpx
+import zmq
+
+from broker import wire
+from ingest.rtmp.handshake import ClientHandshake
+from tests.e2e.harness import REPO, cleanup, free_port, publish, start_server, wait_until
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -99,3 +104,65 @@ def _alive(pid: int) -> bool:
     with open(f"/proc/{pid}/stat") as f:
         return f.read().split()[2] != "Z"
 
+
+
+def test_bus_is_reachable_over_tcp() -> None:
+    """Other nodes (edges, later) subscribe to the bus over TCP: stream announcements arrive."""
+    port = free_port()
+
+    def tcp_bus(doc: dict[str, Any]) -> None:
+        doc["bus"]["backend_tcp"] = f"tcp://127.0.0.1:{port}"
+
+    server = start_server(tweak=tcp_bus)
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    sub = ctx.socket(zmq.SUB)
+    try:
+        sub.connect(f"tcp://127.0.0.1:{port}")
+        sub.setsockopt(zmq.SUBSCRIBE, wire.CONTROL_TOPIC)
+        sub.setsockopt(zmq.RCVTIMEO, 5000)
+        kinds = {wire.decode_control(sub.recv_multipart())["kind"] for _ in range(4)}
+        assert "viewers" in kinds
+    finally:
+        sub.close(linger=0)
+        ctx.term()
+        cleanup(server)
+
+
+def test_idle_rtmp_connection_is_closed_after_timeout() -> None:
+    def short_timeout(doc: dict[str, Any]) -> None:
+        doc["rtmp"]["timeout"] = 1
+
+    server = start_server(tweak=short_timeout)
+    try:
+        sock = socket.create_connection(("127.0.0.1", server.rtmp_port), timeout=10)
+        hs = ClientHandshake()
+        sock.sendall(hs.initial_data())
+        while not hs.done:
+            hs.receive_data(sock.recv(65536))
+            sock.sendall(hs.data_to_send())
+        started = time.monotonic()
+        while sock.recv(65536):
+            pass
+        assert 0.8 < time.monotonic() - started < 5
+        sock.close()
+        assert "timed out" in server.log()
+    finally:
+        cleanup(server)
+
+
+def test_cors_headers_follow_the_config() -> None:
+    def cors(doc: dict[str, Any]) -> None:
+        doc["http"]["cors"] = "https://a.example, https://b.example"
+
+    server = start_server(tweak=cors)
+    try:
+        url = server.http("/api/streams")
+        assert httpx.get(url, headers={"Origin": "https://a.example"}).headers[
+            "access-control-allow-origin"] == "https://a.example"
+        assert "access-control-allow-origin" not in httpx.get(
+            url, headers={"Origin": "https://evil.example"}).headers
+        r = httpx.get(server.http("/live/none.flv"), headers={"Origin": "https://b.example"})
+        assert r.status_code == 404
+        assert r.headers["access-control-allow-origin"] == "https://b.example"
+    finally:
+        cleanup(server)
