@@ -124,20 +124,14 @@ def _time_field(uptime_ms: int) -> bytes:
     return (uptime_ms & 0xFFFFFFFF).to_bytes(4, "big")
 
 
-class ServerHandshake:
-    """Server side: wait for C0+C1, answer S0+S1+S2 in one write, then wait for C2.
+class _Handshake:
+    """State and accessors both sides share."""
 
-    C2 is not checked (clients in the wild get it wrong and production servers don't care).
-    """
-
-    def __init__(
-        self, *, random_bytes: Callable[[int], bytes] = os.urandom, uptime_ms: int = 0
-    ) -> None:
+    def __init__(self, random_bytes: Callable[[int], bytes], uptime_ms: int) -> None:
         self._random = _Random(random_bytes)
         self._uptime_ms = uptime_ms
         self._buf = bytearray()
         self._out = bytearray()
-        self._answered = False
         self._done = False
         self._digest = False
         self._leftover = b""
@@ -148,18 +142,31 @@ class ServerHandshake:
 
     @property
     def digest(self) -> bool:
-        """True when C1 carried a valid digest and we answered with the digest handshake."""
+        """True when the digest (Flash Player 9) handshake was used and verified."""
         return self._digest
 
     @property
     def leftover(self) -> bytes:
-        """Bytes after C2 (usually the first chunk); they belong to the chunk decoder."""
+        """Bytes that came after the handshake; they belong to the chunk decoder."""
         return self._leftover
 
     def data_to_send(self) -> bytes:
         out = bytes(self._out)
         self._out.clear()
         return out
+
+
+class ServerHandshake(_Handshake):
+    """Server side: wait for C0+C1, answer S0+S1+S2 in one write, then wait for C2.
+
+    C2 is not checked (clients in the wild get it wrong and production servers don't care).
+    """
+
+    def __init__(
+        self, *, random_bytes: Callable[[int], bytes] = os.urandom, uptime_ms: int = 0
+    ) -> None:
+        super().__init__(random_bytes, uptime_ms)
+        self._answered = False
 
     def receive_data(self, data: bytes) -> None:
         if self._done:
@@ -193,7 +200,7 @@ class ServerHandshake:
         return bytes(s1) + _response(client_digest, _FMS_KEY, self._random(_SIGNED_SIZE))
 
 
-class ClientHandshake:
+class ClientHandshake(_Handshake):
     """Client side: C0+C1 from `initial_data()`, then S0+S1+S2 in, C2 out.
 
     With `digest=True`, C1 carries a Flash-style digest; if the server answers with one, the
@@ -209,31 +216,11 @@ class ClientHandshake:
         random_bytes: Callable[[int], bytes] = os.urandom,
         uptime_ms: int = 0,
     ) -> None:
-        self._random = _Random(random_bytes)
+        super().__init__(random_bytes, uptime_ms)
         self._want_digest = digest
         self._schema = schema
-        self._uptime_ms = uptime_ms
         self._c0c1: bytes | None = None
         self._c1_digest = b""
-        self._buf = bytearray()
-        self._out = bytearray()
-        self._done = False
-        self._digest = False
-        self._leftover = b""
-
-    @property
-    def done(self) -> bool:
-        return self._done
-
-    @property
-    def digest(self) -> bool:
-        """True when the server answered with a digest and it verified."""
-        return self._digest
-
-    @property
-    def leftover(self) -> bytes:
-        """Bytes after S2 (a server may send its first chunks right away)."""
-        return self._leftover
 
     def initial_data(self) -> bytes:
         """C0+C1; the same bytes on every call."""
@@ -245,10 +232,6 @@ class ClientHandshake:
             self._c0c1 = bytes((RtmpVersion.PLAIN,)) + bytes(c1)
         return self._c0c1
 
-    def data_to_send(self) -> bytes:
-        out = bytes(self._out)
-        self._out.clear()
-        return out
 
     def receive_data(self, data: bytes) -> None:
         if self._done:
