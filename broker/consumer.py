@@ -70,16 +70,28 @@ class Consumer:
     async def attach(self, key: StreamKey, viewer: Viewer, *,
                      wait_s: float = PUBLISHER_WAIT_S) -> StreamHub | None:
         """Add a viewer to the stream's hub; None if no publisher appears within wait_s."""
+        if not await self.wait_published(key, wait_s=wait_s):
+            return None
+        return self.add(key, viewer)
+
+    async def wait_published(self, key: StreamKey, *, wait_s: float = PUBLISHER_WAIT_S) -> bool:
+        """Subscribe to the stream and wait (up to wait_s) until it is published."""
         watched = self._watch(key)
         watched.idle_since = None
         with trio.move_on_after(wait_s):
             while not watched.hub.live and self.directory.get(key, trio.current_time()) is None:
                 await self._wait_change()
-            watched.hub.add(viewer)
-            return watched.hub
+            return True
         if not watched.hub.viewers:
             watched.idle_since = trio.current_time()
-        return None
+        return False
+
+    def add(self, key: StreamKey, viewer: Viewer) -> StreamHub:
+        """Add a viewer at once (after wait_published): no await between deciding and adding."""
+        watched = self._watch(key)
+        watched.idle_since = None
+        watched.hub.add(viewer)
+        return watched.hub
 
     def detach(self, key: StreamKey, viewer: Viewer) -> None:
         watched = self._watched.get(key)
@@ -146,5 +158,3 @@ class Consumer:
             if watched.idle_since is not None and now - watched.idle_since > IDLE_HUB_S:
                 self.subscriber.unsubscribe(key.topic, watched.handler)
                 del self._watched[key]
-        if any(w.hub.live for w in self._watched.values()):
-            self._notify()

@@ -3,24 +3,41 @@
 The producer (a stream's hub, running synchronously in the bus task) pushes the same `bytes`
 object to every viewer; nothing is copied per viewer. A viewer whose queue is full loses
 frames up to the next sync point (a video keyframe, or any audio frame of an audio-only
-stream), so a slow viewer never slows the publisher or anyone else. The viewer's own task
-takes everything queued at once and sends it in one write.
+stream), so a slow viewer never slows the publisher or anyone else.
+
+Two ways out of a queue:
+- `ViewerQueue`: the viewer's own task takes everything queued at once (`get_batch`), for
+  paths that must go through another stack (an ASGI response).
+- `SocketQueue`: the queue owns a non-blocking socket. Pushes only mark it dirty; `flush`
+  (called once the bus task has handled everything that arrived) sends all that is queued
+  with one `sendmsg` (writev, no joining copy). The viewer's task sleeps until the kernel's
+  buffer is full; only then does it wait for the socket to become writable. So a viewer that
+  keeps up costs one system call per bus wake-up and no task switch.
 """
 
 from __future__ import annotations
 
 from collections import deque
+from itertools import islice
+from typing import TYPE_CHECKING
 
 import trio
 
+if TYPE_CHECKING:
+    import socket
 
-class ViewerQueue:
-    __slots__ = ("_items", "_waiter", "bytes_out", "capacity", "closed", "dropped", "skipping")
+# sendmsg takes at most IOV_MAX (1024 on Linux) buffers per call.
+MAX_IOV = 512
+
+
+class BoundedQueue:
+    """The drop-to-the-next-sync-point policy both kinds of queue share."""
+
+    __slots__ = ("_items", "bytes_out", "capacity", "closed", "dropped", "skipping")
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
-        self._items: deque[bytes] = deque()
-        self._waiter: trio.Event | None = None
+        self._items: deque[bytes | memoryview] = deque()
         self.skipping = False  # dropping until the next sync point
         self.closed = False
         self.dropped = 0
@@ -39,21 +56,35 @@ class ViewerQueue:
             self.dropped += 1
             return
         self._items.append(data)
-        if self._waiter is not None:
-            self._waiter.set()
-            self._waiter = None
+        self._wake()
 
     def push_control(self, data: bytes) -> None:
         """Bytes that must reach the viewer whatever its lag (headers, status messages)."""
-        if not self.closed:
+        if not self.closed and data:
             self._items.append(data)
-            if self._waiter is not None:
-                self._waiter.set()
-                self._waiter = None
+            self._wake()
+
+    def preload(self, data: bytes) -> None:
+        """Queue bytes without sending them yet: they go out ahead of the first push."""
+        self._items.append(data)
 
     def close(self) -> None:
         """No more data: the viewer ends after what is queued."""
         self.closed = True
+        self._wake()
+
+    def _wake(self) -> None:
+        raise NotImplementedError
+
+
+class ViewerQueue(BoundedQueue):
+    __slots__ = ("_waiter",)
+
+    def __init__(self, capacity: int) -> None:
+        super().__init__(capacity)
+        self._waiter: trio.Event | None = None
+
+    def _wake(self) -> None:
         if self._waiter is not None:
             self._waiter.set()
             self._waiter = None
@@ -65,7 +96,87 @@ class ViewerQueue:
                 return []
             waiter = self._waiter = trio.Event()
             await waiter.wait()
-        items = list(self._items)
+        items = [bytes(i) for i in self._items]
         self._items.clear()
         self.bytes_out += sum(map(len, items))
         return items
+
+
+class Flusher:
+    """The queues touched since the last flush; the bus task flushes them after each drain."""
+
+    def __init__(self) -> None:
+        self.dirty: set[SocketQueue] = set()
+
+    def flush(self) -> None:
+        dirty, self.dirty = self.dirty, set()
+        for queue in dirty:
+            queue.flush()
+
+
+class SocketQueue(BoundedQueue):
+    """A viewer's queue that writes straight to its (non-blocking) socket."""
+
+    __slots__ = ("_blocked", "_event", "_flusher", "error", "sock")
+
+    def __init__(self, sock: socket.socket, capacity: int, flusher: Flusher) -> None:
+        super().__init__(capacity)
+        self.sock = sock
+        self._flusher = flusher
+        self._blocked = False  # the kernel buffer is full: the writer task drains
+        self._event = trio.Event()
+        self.error: OSError | None = None
+
+    def _wake(self) -> None:
+        if self._blocked or self.closed:
+            self._event.set()
+        else:
+            self._flusher.dirty.add(self)
+
+    def flush(self) -> None:
+        """Send what is queued without blocking; leave the rest to the writer task."""
+        if self._blocked or self.error is not None:
+            return
+        items = self._items
+        while items:
+            batch = list(items) if len(items) <= MAX_IOV else list(islice(items, MAX_IOV))
+            try:
+                sent = self.sock.sendmsg(batch)
+            except BlockingIOError:
+                sent = 0
+            except OSError as exc:
+                self.error = exc
+                items.clear()
+                self._event.set()
+                return
+            self.bytes_out += sent
+            complete = sent == sum(map(len, batch))
+            while sent:
+                first = items[0]
+                if sent >= len(first):
+                    sent -= len(first)
+                    items.popleft()
+                else:
+                    items[0] = memoryview(first)[sent:]
+                    sent = 0
+            if not complete:
+                self._blocked = True
+                self._event.set()
+                return
+        if self.closed:
+            self._event.set()
+
+    async def run_writer(self) -> None:
+        """Wait while the socket is full; returns when closed and drained, or on an error."""
+        while True:
+            await self._event.wait()
+            self._event = trio.Event()
+            self.flush()  # after a close, or control bytes pushed while nothing was blocked
+            while self._blocked and self.error is None:
+                await trio.lowlevel.wait_writable(self.sock)
+                self._blocked = False
+                self.flush()
+            if self.error is not None:
+                raise trio.BrokenResourceError(str(self.error)) from self.error
+            if self.closed and not self._items:
+                return

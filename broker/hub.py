@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Hashable
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from broker.fanout import ViewerQueue
 from broker.gop import GopCache
 from broker.packet import MediaPacket, StreamKey, TrackKind, rescale
+
+if TYPE_CHECKING:
+    from broker.fanout import BoundedQueue
 
 # Muxes one packet for one output variant (e.g. an RTMP message stream id); called once per
 # packet and variant, never per viewer.
@@ -35,12 +37,12 @@ class ViewerHandler(Protocol):
 class Viewer:
     __slots__ = ("handler", "protocol", "queue", "started", "variant")
 
-    def __init__(self, protocol: str, handler: ViewerHandler, *, cache_frames: int,
+    def __init__(self, protocol: str, handler: ViewerHandler, queue: BoundedQueue, *,
                  variant: Hashable = None) -> None:
         self.protocol = protocol
         self.handler = handler
         self.variant = variant
-        self.queue = ViewerQueue(cache_frames)
+        self.queue = queue
         self.started = False
 
 

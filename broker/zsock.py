@@ -118,7 +118,9 @@ class BusPublisher:
 class BusSubscriber:
     """One SUB socket per process; handlers are called synchronously for each message."""
 
-    def __init__(self, ctx: zmq.Context[zmq.Socket[bytes]], endpoint: str, *, hwm: int) -> None:
+    def __init__(self, ctx: zmq.Context[zmq.Socket[bytes]], endpoint: str, *, hwm: int,
+                 on_drained: Callable[[], None] | None = None) -> None:
+        self._on_drained = on_drained  # after each batch of messages: flush viewers' sockets
         self._sock = ctx.socket(zmq.SUB)
         self._sock.set_hwm(hwm)
         self._sock.setsockopt(zmq.LINGER, 0)
@@ -153,6 +155,8 @@ class BusSubscriber:
                         break
                     for handler in tuple(self._handlers.get(frames[0], ())):
                         handler(frames)
+                if self._on_drained is not None:
+                    self._on_drained()
                 with trio.CancelScope() as self._wake, trio.move_on_after(EDGE_SAFETY_S):
                     await trio.lowlevel.wait_readable(sock)
         finally:

@@ -1,7 +1,13 @@
-"""Live HTTP-FLV and WebSocket-FLV: one FLV muxer per stream, shared bytes to every viewer."""
+"""Live HTTP-FLV and WebSocket-FLV: one FLV muxer per worker, shared bytes to every viewer.
+
+This module also keeps the ASGI route for live FLV, used when a client asks for a stream on a
+connection that hypercorn already serves (keep-alive); new connections take the fast path of
+egress/live.py.
+"""
 
 from __future__ import annotations
 
+import enum
 import logging
 from typing import TYPE_CHECKING
 
@@ -9,8 +15,10 @@ import trio
 from starlette.responses import PlainTextResponse, Response, StreamingResponse
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from broker.fanout import ViewerQueue
 from broker.flvpacket import flv_tag_parts
 from broker.hub import Viewer
+from egress import wsframe
 from media import flv
 
 if TYPE_CHECKING:
@@ -22,13 +30,41 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-def mux_flv(pkt: MediaPacket, _variant: Hashable) -> bytes:
-    tag_type, ts_ms, body = flv_tag_parts(pkt)
-    return flv.encode_tag(tag_type, ts_ms, body)
+class Framing(enum.Enum):
+    """How FLV bytes travel: as they are (an ASGI response frames them), as HTTP/1.1 chunks, or
+    as WebSocket binary messages. The fast path frames once per packet, for every viewer."""
+
+    PLAIN = "plain"
+    CHUNKED = "chunked"
+    WEBSOCKET = "ws"
+
+    def wrap(self, data: bytes) -> bytes:
+        if self is Framing.CHUNKED:
+            return b"%x\r\n%b\r\n" % (len(data), data)
+        if self is Framing.WEBSOCKET:
+            return wsframe.frame_header(wsframe.Opcode.BINARY, len(data)) + data
+        return data
 
 
-class _FlvHandler:
+class FlvMuxer:
+    """One per egress worker: a packet's FLV tag is built once, then framed per variant."""
+
     def __init__(self) -> None:
+        self._last: tuple[MediaPacket, bytes] | None = None
+
+    def __call__(self, pkt: MediaPacket, variant: Hashable) -> bytes:
+        if self._last is not None and self._last[0] is pkt:
+            tag = self._last[1]
+        else:
+            tag = flv.encode_tag(*flv_tag_parts(pkt))
+            self._last = (pkt, tag)
+        assert isinstance(variant, Framing)
+        return variant.wrap(tag)
+
+
+class FlvHandler:
+    def __init__(self, framing: Framing) -> None:
+        self.framing = framing
         self.begun = False
 
     def begin(self, *, audio: bool, video: bool) -> bytes:
@@ -36,7 +72,7 @@ class _FlvHandler:
             return b""
         self.begun = True
         # The flags must match the tracks: flv.js/mpegts.js wait for a flagged track forever.
-        return flv.header(audio=audio, video=video)
+        return self.framing.wrap(flv.header(audio=audio, video=video))
 
     def ended(self) -> bytes | None:
         return None  # the publisher left: end the response cleanly
@@ -44,13 +80,14 @@ class _FlvHandler:
 
 async def http_flv(consumer: Consumer, key: StreamKey, *, cache_frames: int,
                    headers: dict[str, str]) -> Response:
-    viewer = Viewer("http-flv", _FlvHandler(), cache_frames=cache_frames)
+    queue = ViewerQueue(cache_frames)
+    viewer = Viewer("http-flv", FlvHandler(Framing.PLAIN), queue, variant=Framing.PLAIN)
     if await consumer.attach(key, viewer) is None:
         return PlainTextResponse(f"stream {key} is not published\n", 404, headers=headers)
 
     async def body() -> AsyncIterator[bytes]:
         try:
-            while batch := await viewer.queue.get_batch():
+            while batch := await queue.get_batch():
                 yield b"".join(batch)
         finally:
             consumer.detach(key, viewer)
@@ -61,7 +98,8 @@ async def http_flv(consumer: Consumer, key: StreamKey, *, cache_frames: int,
 
 async def ws_flv(consumer: Consumer, key: StreamKey, websocket: WebSocket, *,
                  cache_frames: int) -> None:
-    viewer = Viewer("ws-flv", _FlvHandler(), cache_frames=cache_frames)
+    queue = ViewerQueue(cache_frames)
+    viewer = Viewer("ws-flv", FlvHandler(Framing.PLAIN), queue, variant=Framing.PLAIN)
     if await consumer.attach(key, viewer) is None:
         await websocket.close(code=4404, reason=f"stream {key} is not published")
         return
@@ -69,7 +107,7 @@ async def ws_flv(consumer: Consumer, key: StreamKey, websocket: WebSocket, *,
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_until_closed, websocket, nursery.cancel_scope)
-            while batch := await viewer.queue.get_batch():
+            while batch := await queue.get_batch():
                 await websocket.send_bytes(b"".join(batch))
             nursery.cancel_scope.cancel()
         await websocket.close()

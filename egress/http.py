@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import trio
@@ -18,7 +19,13 @@ if TYPE_CHECKING:
     from starlette.websockets import WebSocket
 
     from broker.consumer import Consumer
-    from control.config import Config, HttpLocationConfig
+    from control.config import Config
+
+
+@dataclass(frozen=True, slots=True)
+class FlvRoute:
+    key: StreamKey
+    cache_frames: int
 
 
 def parse_live_path(path: str, suffix: str) -> StreamKey | None:
@@ -51,38 +58,35 @@ class EgressApp:
             return {"Access-Control-Allow-Origin": origin, "Vary": "Origin"}
         return {}
 
-    def _file_location(self, path: str) -> HttpLocationConfig | None:
+    def flv_route(self, path: str) -> FlvRoute | str | None:
+        """Where a live FLV request goes: a route, a reason it is off, or None (not one)."""
         loc = location_for(self.cfg.http.location, path)
-        return loc if loc is not None and loc.handler == "http_file" else None
-
-    def _flv_check(self, key: StreamKey) -> str | None:
-        """HTTP-FLV needs a DVR_FLV entry in the stream's RTMP location, as the seed says."""
-        loc = location_for(self.cfg.rtmp.location, f"/{key.app}")
-        if loc is None or not any(d.name == "DVR_FLV" for d in loc.dvr):
+        key = parse_live_path(path, ".flv")
+        if loc is None or loc.handler != "http_file" or key is None:
+            return None
+        # HTTP-FLV needs a DVR_FLV entry in the stream's RTMP location, as the seed says.
+        rtmp_loc = location_for(self.cfg.rtmp.location, f"/{key.app}")
+        if rtmp_loc is None or not any(d.name == "DVR_FLV" for d in rtmp_loc.dvr):
             return (f"HTTP-FLV is off for /{key.app}: its [[rtmp.location]] has no "
                     f"DVR_FLV entry\n")
-        return None
+        return FlvRoute(key, loc.cache_frames)
 
     async def http_get(self, request: Request) -> Response:
-        path = request.url.path
         headers = self.cors_headers(request.headers.get("origin"))
-        loc = self._file_location(path)
-        key = parse_live_path(path, ".flv")
-        if loc is None or key is None:
+        route = self.flv_route(request.url.path)
+        if route is None:
             return PlainTextResponse("not found\n", 404, headers=headers)
-        if (missing := self._flv_check(key)) is not None:
-            return PlainTextResponse(missing, 404, headers=headers)
-        return await http_flv(self.consumer, key, cache_frames=loc.cache_frames,
+        if isinstance(route, str):
+            return PlainTextResponse(route, 404, headers=headers)
+        return await http_flv(self.consumer, route.key, cache_frames=route.cache_frames,
                               headers=headers)
 
     async def websocket(self, websocket: WebSocket) -> None:
-        path = websocket.url.path
-        loc = self._file_location(path)
-        key = parse_live_path(path, ".flv")
-        if loc is None or key is None or self._flv_check(key) is not None:
+        route = self.flv_route(websocket.url.path)
+        if not isinstance(route, FlvRoute):
             await websocket.close(code=4404, reason="not found")
             return
-        await ws_flv(self.consumer, key, websocket, cache_frames=loc.cache_frames)
+        await ws_flv(self.consumer, route.key, websocket, cache_frames=route.cache_frames)
 
     async def streams(self, request: Request) -> Response:
         """This worker's view: the live streams on the bus and its own viewers."""

@@ -1,26 +1,65 @@
-"""The egress worker process: hypercorn (trio) serving the starlette app on the inherited socket."""
+"""The egress worker process: HTTP and WebSocket on the inherited listening socket.
+
+It accepts connections itself: a live FLV request takes the fast path (egress/live.py); every
+other connection is handed, untouched, to hypercorn's HTTP server running the starlette app.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
+import socket
 from typing import TYPE_CHECKING
 
 import trio
 import zmq
+from hypercorn.app_wrappers import ASGIWrapper
 from hypercorn.config import Config as HypercornConfig
-from hypercorn.trio import serve as hypercorn_serve
+from hypercorn.trio.tcp_server import TCPServer
+from hypercorn.trio.worker_context import WorkerContext
 
 from broker.consumer import Consumer
+from broker.fanout import Flusher
 from broker.feed import ANNOUNCE_INTERVAL_S
+from broker.sockets import send_short, serve_accept
 from broker.zsock import BusPublisher, BusSubscriber, bus_endpoints
-from egress.flv_live import mux_flv
-from egress.http import EgressApp
+from egress.flv_live import FlvMuxer
+from egress.http import EgressApp, FlvRoute
+from egress.live import LiveFlv, http_response, peek_head
 
 if TYPE_CHECKING:
     from control.config import Config
 
 logger = logging.getLogger(__name__)
+
+
+class EgressServer:
+    def __init__(self, cfg: Config, consumer: Consumer, flusher: Flusher) -> None:
+        self.app = EgressApp(cfg, consumer)
+        self.live = LiveFlv(consumer, flusher)
+        hc = HypercornConfig()
+        hc.keep_alive_timeout = cfg.http.idle_timeout_s
+        hc.accesslog = None
+        hc.errorlog = logging.getLogger("hypercorn.error")
+        self.hypercorn = hc
+        self.asgi = ASGIWrapper(self.app.app)  # type: ignore[arg-type]
+        self.context = WorkerContext(None)
+
+    async def handle(self, conn: socket.socket) -> None:
+        head = await peek_head(conn)
+        route = self.app.flv_route(head.path) if head is not None else None
+        if head is None or route is None:
+            stream = trio.SocketStream(trio.socket.from_stdlib_socket(conn))
+            await TCPServer(self.asgi, self.hypercorn, self.context, {}, stream)  # type: ignore[arg-type]
+            return
+        cors = self.app.cors_headers(head.headers.get("origin"))
+        if isinstance(route, FlvRoute):
+            await self.live.serve(conn, head, route.key, cache_frames=route.cache_frames,
+                                  cors=cors)
+        else:
+            conn.recv(head.size)
+            await send_short(conn, http_response("404 Not Found", {"Connection": "close", **cors},
+                                                 route.encode()))
 
 
 async def _report_viewers(name: str, publisher: BusPublisher, consumer: Consumer) -> None:
@@ -31,31 +70,27 @@ async def _report_viewers(name: str, publisher: BusPublisher, consumer: Consumer
             "streams": {str(k): hub.counts() for k, hub in consumer.hubs().items()}})
 
 
-async def serve_egress(cfg: Config, name: str, http_fd: int,
+async def serve_egress(cfg: Config, name: str, listener: socket.socket,
                        ctx: zmq.Context[zmq.Socket[bytes]]) -> None:
     frontend, backend = bus_endpoints(cfg.server.run_dir)
-    subscriber = BusSubscriber(ctx, backend, hwm=cfg.bus.hwm)
+    flusher = Flusher()
+    subscriber = BusSubscriber(ctx, backend, hwm=cfg.bus.hwm, on_drained=flusher.flush)
     publisher = BusPublisher(ctx, frontend, hwm=cfg.bus.hwm)  # control messages only
-    consumer = Consumer(ctx, subscriber, mux_flv)
-    app = EgressApp(cfg, consumer)
-    hc = HypercornConfig()
-    hc.bind = [f"fd://{http_fd}"]
-    hc.keep_alive_timeout = cfg.http.idle_timeout_s
-    hc.accesslog = None
-    hc.errorlog = logging.getLogger("hypercorn.error")
-    hc.graceful_timeout = 1.0
+    consumer = Consumer(ctx, subscriber, FlvMuxer())
+    server = EgressServer(cfg, consumer, flusher)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(subscriber.serve)
         nursery.start_soon(consumer.serve)
         nursery.start_soon(_report_viewers, name, publisher, consumer)
-        logger.info("%s serving HTTP", name)
-        await hypercorn_serve(app.app, hc)  # type: ignore[arg-type]
-        nursery.cancel_scope.cancel()
+        logger.info("%s serving HTTP on %s", name, listener.getsockname())
+        await serve_accept(listener, server.handle)
 
 
 def run_egress_worker(cfg: Config, name: str, http_fd: int) -> None:
     ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    listener = socket.socket(fileno=http_fd)
+    listener.setblocking(False)
     try:
-        trio.run(serve_egress, cfg, name, http_fd, ctx)
+        trio.run(serve_egress, cfg, name, listener, ctx)
     finally:
         ctx.destroy(linger=0)

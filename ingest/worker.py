@@ -6,15 +6,16 @@ import logging
 import os
 import socket
 import time
-from functools import partial
 from typing import TYPE_CHECKING
 
 import trio
 import zmq
 
 from broker.consumer import Consumer
+from broker.fanout import Flusher
 from broker.feed import ANNOUNCE_INTERVAL_S
 from broker.packet import Codec, MediaPacket, StreamKey, TrackKind
+from broker.sockets import serve_accept
 from broker.zsock import (
     BusPublisher,
     BusSubscriber,
@@ -92,7 +93,9 @@ class IngestWorker:
         self.publisher = BusPublisher(ctx, frontend, hwm=cfg.bus.hwm)
         self.snapshots = SnapshotServer(ctx, snapshot_endpoint(cfg.server.run_dir, name),
                                         self.publisher)
-        self.subscriber = BusSubscriber(ctx, backend, hwm=cfg.bus.hwm)
+        self.flusher = Flusher()
+        self.subscriber = BusSubscriber(ctx, backend, hwm=cfg.bus.hwm,
+                                        on_drained=self.flusher.flush)
         encoder = ChunkEncoder(chunk_size=cfg.rtmp.chunk_size_bytes)
 
         def mux(pkt: MediaPacket, stream_id: Hashable) -> bytes:
@@ -147,18 +150,16 @@ class IngestWorker:
     # -- process -------------------------------------------------------------------------------
 
     async def serve(self, rtmp_sock: socket.socket) -> None:
-        listener = trio.SocketListener(trio.socket.from_stdlib_socket(rtmp_sock))
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self.subscriber.serve)
             await nursery.start(self.snapshots.serve)
             nursery.start_soon(self.consumer.serve)
             nursery.start_soon(self._announce_loop)
             logger.info("%s serving RTMP on %s", self.name, rtmp_sock.getsockname())
-            await trio.serve_listeners(partial(_handle, self), [listener])
+            await serve_accept(rtmp_sock, self._handle)
 
-
-async def _handle(worker: IngestWorker, stream: trio.SocketStream) -> None:
-    await RtmpConnectionHandler(worker, stream).run()
+    async def _handle(self, sock: socket.socket) -> None:
+        await RtmpConnectionHandler(self, sock).run()
 
 
 def run_ingest_worker(cfg: Config, name: str, rtmp_fd: int) -> None:

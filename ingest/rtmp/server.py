@@ -1,4 +1,9 @@
-"""The trio shell around RtmpServerConnection: a task per connection, one more per played stream."""
+"""The trio shell around RtmpServerConnection: a task per connection, one more per played stream.
+
+Everything a connection sends goes through one SocketQueue: the session's own messages and,
+while it plays, the stream's shared media bytes, which the stream's hub writes straight into
+the socket. One writer per socket keeps RTMP messages whole and in order.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +12,15 @@ from typing import TYPE_CHECKING
 
 import trio
 
+from broker.fanout import SocketQueue
 from broker.hub import Viewer
+from broker.sockets import receive_some
 from ingest.rtmp import session as s
 from ingest.rtmp.errors import RtmpProtocolError
 
 if TYPE_CHECKING:
+    import socket
+
     from broker.packet import StreamKey
     from ingest.worker import IngestWorker
 
@@ -47,23 +56,24 @@ class _PlayHandler:
 
 
 class RtmpConnectionHandler:
-    def __init__(self, worker: IngestWorker, stream: trio.SocketStream) -> None:
+    def __init__(self, worker: IngestWorker, sock: socket.socket) -> None:
         self.worker = worker
-        self.stream = stream
+        self.sock = sock
         try:
-            host, port = stream.socket.getpeername()[:2]
+            host, port = sock.getpeername()[:2]
             self.peer = f"{host}:{port}"
         except OSError:
             self.peer = "?"
         self.log = _Log(logger, {"peer": self.peer})
-        self.conn = s.RtmpServerConnection(chunk_size=worker.cfg.rtmp.chunk_size_bytes)
-        self.send_lock = trio.Lock()
-        self.plays: dict[int, trio.CancelScope] = {}
-        self.published: list[StreamKey] = []
+        cfg = worker.cfg.rtmp
+        self.conn = s.RtmpServerConnection(chunk_size=cfg.chunk_size_bytes)
+        self.out = SocketQueue(sock, cfg.cache_frames, worker.flusher)
+        self.play: tuple[int, trio.CancelScope] | None = None
 
     async def run(self) -> None:
         try:
             async with trio.open_nursery() as nursery:
+                nursery.start_soon(self.out.run_writer)
                 await self._receive_loop(nursery)
                 nursery.cancel_scope.cancel()
         except* (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -79,33 +89,31 @@ class RtmpConnectionHandler:
             for ev in self.conn.close():
                 if isinstance(ev, s.PublishEnded):
                     self.worker.end_publish(ev.key)
-            with trio.CancelScope(shield=True), trio.move_on_after(1):
-                await self.stream.aclose()
 
     async def _receive_loop(self, nursery: trio.Nursery) -> None:
         cfg = self.worker.cfg.rtmp
         while True:
             if self.conn.state is s.State.HANDSHAKE:
                 timeout = HANDSHAKE_TIMEOUT_S
-            elif self.conn.playing and not self.conn.publishing:
+            elif self.play is not None and not self.conn.publishing:
                 timeout = float("inf")  # players may stay silent for long: their data flows out
             else:
                 timeout = cfg.idle_timeout_s
             with trio.fail_after(timeout):
-                data = await self.stream.receive_some(MAX_RECV)
+                data = await receive_some(self.sock, MAX_RECV)
             if not data:
                 self.log.info("closed by peer")
                 return
             for ev in self.conn.receive_data(data):
                 self._on_event(ev, nursery)
-            await self.flush()
+            self.flush()
             if self.conn.state is s.State.CLOSED:
                 return
 
-    async def flush(self) -> None:
+    def flush(self) -> None:
         if self.conn.has_output:
-            async with self.send_lock:
-                await self.stream.send_all(self.conn.data_to_send())
+            self.out.push_control(self.conn.data_to_send())
+            self.out.flush()
 
     def _on_event(self, ev: s.SessionEvent, nursery: trio.Nursery) -> None:
         if isinstance(ev, s.MediaReceived):
@@ -117,7 +125,6 @@ class RtmpConnectionHandler:
             if self.worker.begin_publish(ev.key, self.peer):
                 self.log.info("publish %s", ev.key)
                 self.conn.accept_publish(ev.stream_id, ev.key)
-                self.published.append(ev.key)
             else:
                 self.log.warning("refused publish of %s: already publishing", ev.key)
                 self.conn.reject_publish(ev.stream_id, "NetStream.Publish.BadName",
@@ -126,36 +133,38 @@ class RtmpConnectionHandler:
             self.log.info("unpublish %s", ev.key)
             self.worker.end_publish(ev.key)
         elif isinstance(ev, s.PlayRequested):
+            if self.play is not None:
+                # One writer per socket carries one stream's shared bytes: one play at a time.
+                self.conn.reject_play(ev.stream_id, "NetStream.Play.Failed",
+                                      "one stream per connection")
+                return
             scope = trio.CancelScope()
-            self.plays[ev.stream_id] = scope
+            self.play = (ev.stream_id, scope)
             nursery.start_soon(self._play, ev.stream_id, ev.key, scope)
         elif isinstance(ev, s.PlayEnded):
-            play = self.plays.pop(ev.stream_id, None)
-            if play is not None:
-                play.cancel()
+            if self.play is not None and self.play[0] == ev.stream_id:
+                self.play[1].cancel()
+                self.play = None
         elif isinstance(ev, s.MediaRefused):
             self.log.warning("%s: %s; that track is dropped", ev.key, ev.reason)
 
     async def _play(self, stream_id: int, key: StreamKey, scope: trio.CancelScope) -> None:
         with scope:
-            handler = _PlayHandler(self.conn, stream_id, key)
-            viewer = Viewer("rtmp", handler, cache_frames=self.worker.cfg.rtmp.cache_frames,
-                            variant=stream_id)
-            hub = await self.worker.consumer.attach(key, viewer)
-            if hub is None:
+            consumer = self.worker.consumer
+            if not await consumer.wait_published(key):
                 self.log.info("play %s: not found", key)
                 self.conn.reject_play(stream_id, "NetStream.Play.StreamNotFound",
                                       f"{key} is not published")
-                await self.flush()
+                self.flush()
                 return
             self.log.info("play %s", key)
+            # Play.Start goes out before the hub's first bytes: accept, then add (no await).
             self.conn.accept_play(stream_id, key)
+            self.flush()
+            viewer = Viewer("rtmp", _PlayHandler(self.conn, stream_id, key), self.out,
+                            variant=stream_id)
+            consumer.add(key, viewer)
             try:
-                await self.flush()
-                while batch := await viewer.queue.get_batch():
-                    async with self.send_lock:
-                        await self.stream.send_all(b"".join(batch))
+                await trio.sleep_forever()
             finally:
-                self.worker.consumer.detach(key, viewer)
-        if not scope.cancelled_caught:
-            self.log.info("play %s ended", key)
+                consumer.detach(key, viewer)

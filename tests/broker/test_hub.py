@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from broker import hub as hub_module
+from broker.fanout import ViewerQueue
 from broker.hub import StreamHub, Viewer
 from broker.packet import Codec, MediaPacket, StreamKey, TrackKind
 
@@ -88,7 +89,12 @@ class Handler:
 
 def viewer(cache_frames: int = 1000, *, handler: Handler | None = None,
            protocol: str = "flv", variant: Hashable = None) -> Viewer:
-    return Viewer(protocol, handler or Handler(), cache_frames=cache_frames, variant=variant)
+    return Viewer(protocol, handler or Handler(), ViewerQueue(cache_frames), variant=variant)
+
+
+def vq(v: Viewer) -> ViewerQueue:
+    assert isinstance(v.queue, ViewerQueue)
+    return v.queue
 
 
 def feed(hub: StreamHub, packets: Iterable[MediaPacket]) -> None:
@@ -99,7 +105,7 @@ def feed(hub: StreamHub, packets: Iterable[MediaPacket]) -> None:
 async def take(v: Viewer) -> list[str]:
     """Everything queued for the viewer as tokens; [] if nothing is queued (never blocks)."""
     with trio.move_on_after(0):
-        batch = await v.queue.get_batch()
+        batch = await vq(v).get_batch()
         return b"".join(batch).decode().split(";")[:-1]
     return []
 
@@ -299,7 +305,7 @@ async def test_on_end_closes_or_keeps_viewers_by_their_handler() -> None:
     assert closing not in hub.viewers
     assert closing.queue.closed
     with trio.fail_after(1):
-        assert await closing.queue.get_batch() == []
+        assert await vq(closing).get_batch() == []
     # The staying viewer: its goodbye bytes, then nothing until the next publisher.
     assert staying in hub.viewers
     assert not staying.started
@@ -470,7 +476,7 @@ async def test_remove_and_counts() -> None:
     feed(hub, HEAD)
     feed(hub, av_frames(range(2)))
     with trio.fail_after(1):
-        assert await a.queue.get_batch() == []
+        assert await vq(a).get_batch() == []
     assert (await take(b))[0] == "HDR"
 
 

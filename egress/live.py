@@ -1,0 +1,174 @@
+"""The egress fast path: live HTTP-FLV and WebSocket-FLV straight on the client's socket.
+
+The egress worker accepts connections itself and peeks at the first request. A live stream
+request (GET of APP/NAME.flv, plain or as a WebSocket upgrade) is answered here: after the
+response head, the stream's hub writes shared, pre-framed bytes into the socket with one
+sendmsg per bus wake-up (broker.fanout.SocketQueue), and no per-frame task, await or ASGI
+layer stands between them. Every other request goes to hypercorn and the starlette app.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import trio
+
+from broker.fanout import Flusher, SocketQueue
+from broker.hub import Viewer
+from broker.sockets import send_short
+from egress import wsframe
+from egress.flv_live import FlvHandler, Framing
+
+if TYPE_CHECKING:
+    from broker.consumer import Consumer
+    from broker.packet import StreamKey
+
+logger = logging.getLogger(__name__)
+
+MAX_HEAD_BYTES = 8192
+HEAD_TIMEOUT_S = 10.0
+PEEK_RETRY_S = 0.005  # a head split over several segments: look again shortly
+MAX_RECV = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class RequestHead:
+    method: str
+    path: str
+    headers: dict[str, str]  # lower-case names
+    size: int  # bytes of the head, blank line included
+
+
+def parse_head(data: bytes) -> RequestHead | None:
+    """Parse an HTTP/1.1 request head (pure); None if it is not one we can read."""
+    end = data.find(b"\r\n\r\n")
+    if end < 0:
+        return None
+    try:
+        lines = data[:end].decode("latin-1").split("\r\n")
+        method, target, version = lines[0].split(" ")
+    except ValueError:
+        return None
+    if not version.startswith("HTTP/1."):
+        return None
+    headers: dict[str, str] = {}
+    for line in lines[1:]:
+        name, sep, value = line.partition(":")
+        if not sep:
+            return None
+        headers[name.strip().lower()] = value.strip()
+    return RequestHead(method, target.partition("?")[0], headers, end + 4)
+
+
+async def peek_head(sock: socket.socket) -> RequestHead | None:
+    """Look at the request head without consuming it, so hypercorn can still read it."""
+    with trio.move_on_after(HEAD_TIMEOUT_S):
+        while True:
+            await trio.lowlevel.wait_readable(sock)
+            try:
+                data = sock.recv(MAX_HEAD_BYTES, socket.MSG_PEEK)
+            except BlockingIOError:
+                continue
+            except OSError:
+                return None
+            if not data or b"\r\n\r\n" in data or len(data) >= MAX_HEAD_BYTES:
+                return parse_head(data)
+            await trio.sleep(PEEK_RETRY_S)
+    return None
+
+
+def http_response(status: str, headers: dict[str, str], body: bytes = b"") -> bytes:
+    lines = [f"HTTP/1.1 {status}", *(f"{k}: {v}" for k, v in headers.items())]
+    if body or not status.startswith(("101", "200")):
+        lines.append(f"Content-Length: {len(body)}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+
+
+class LiveFlv:
+    def __init__(self, consumer: Consumer, flusher: Flusher) -> None:
+        self.consumer = consumer
+        self.flusher = flusher
+
+    async def serve(self, sock: socket.socket, head: RequestHead, key: StreamKey, *,
+                    cache_frames: int, cors: dict[str, str]) -> None:
+        sock.recv(head.size)  # consume the head we peeked at
+        upgrade = head.headers.get("upgrade", "").lower() == "websocket"
+        if upgrade:
+            ws_key = head.headers.get("sec-websocket-key", "")
+            if not ws_key or head.headers.get("sec-websocket-version") != "13":
+                await send_short(sock, http_response("400 Bad Request", {"Connection": "close"},
+                                                b"bad WebSocket upgrade\n"))
+                return
+            framing, protocol = Framing.WEBSOCKET, "ws-flv"
+            start = http_response("101 Switching Protocols", {
+                "Upgrade": "websocket", "Connection": "Upgrade",
+                "Sec-WebSocket-Accept": wsframe.accept_key(ws_key)})
+        else:
+            framing, protocol = Framing.CHUNKED, "http-flv"
+            start = http_response("200 OK", {
+                "Content-Type": "video/x-flv", "Transfer-Encoding": "chunked",
+                "Cache-Control": "no-cache", "Connection": "close", **cors})
+        queue = SocketQueue(sock, cache_frames, self.flusher)
+        queue.preload(start)  # goes out with the first media, or not at all if 404
+        viewer = Viewer(protocol, FlvHandler(framing), queue, variant=framing)
+        if head.method == "HEAD" and not upgrade:
+            live = self.consumer.directory.get(key, trio.current_time()) is not None
+            await send_short(sock, start if live else _not_found(key, cors))
+            return
+        if await self.consumer.attach(key, viewer) is None:
+            await send_short(sock, _not_found(key, cors))
+            return
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_watch_client, sock, queue, upgrade, nursery.cancel_scope)
+                await queue.run_writer()
+                nursery.cancel_scope.cancel()
+            if queue.closed:  # the publisher left: end the response properly
+                ending = wsframe.close_frame(1000, "stream ended") if upgrade else b"0\r\n\r\n"
+                await send_short(sock, ending)
+        except* trio.BrokenResourceError:
+            pass  # the viewer went away
+        finally:
+            self.consumer.detach(key, viewer)
+
+
+def _not_found(key: StreamKey, cors: dict[str, str]) -> bytes:
+    return http_response("404 Not Found", {"Content-Type": "text/plain", "Connection": "close",
+                                       **cors}, f"stream {key} is not published\n".encode())
+
+
+async def _watch_client(sock: socket.socket, queue: SocketQueue, websocket: bool,
+                        scope: trio.CancelScope) -> None:
+    """Notice a client that leaves (then stop its stream); for WebSocket, answer pings."""
+    try:
+        await _read_client(sock, queue, websocket)
+    except (OSError, wsframe.WsProtocolError):
+        pass
+    finally:
+        scope.cancel()
+
+
+async def _read_client(sock: socket.socket, queue: SocketQueue, websocket: bool) -> None:
+    decoder = wsframe.ClientFrameDecoder()
+    while True:
+        await trio.lowlevel.wait_readable(sock)
+        try:
+            data = sock.recv(MAX_RECV)
+        except BlockingIOError:
+            continue
+        if not data:
+            return
+        if not websocket:
+            continue  # a player has nothing to say; pipelined requests are ignored
+        decoder.receive_data(data)
+        while (frame := decoder.next_frame()) is not None:
+            if frame.opcode is wsframe.Opcode.PING:
+                queue.push_control(wsframe.frame(wsframe.Opcode.PONG, frame.payload))
+                queue.flush()
+            elif frame.opcode is wsframe.Opcode.CLOSE:
+                queue.push_control(wsframe.close_frame(1000))
+                queue.flush()
+                return
