@@ -135,13 +135,14 @@ class SocketQueue(BoundedQueue):
 
     def flush(self) -> None:
         """Send what is queued without blocking; leave the rest to the writer task."""
-        if self._blocked or self.error is not None:
-            return
         items = self._items
+        if self._blocked or self.error is not None or not items:
+            return
         while items:
-            batch = list(items) if len(items) <= MAX_IOV else list(islice(items, MAX_IOV))
+            # One buffer (the common case) goes with send; several with one sendmsg (writev).
+            batch = [items[0]] if len(items) == 1 else list(islice(items, MAX_IOV))
             try:
-                sent = self.sock.sendmsg(batch)
+                sent = self.sock.send(batch[0]) if len(batch) == 1 else self.sock.sendmsg(batch)
             except BlockingIOError:
                 sent = 0
             except OSError as exc:
@@ -150,21 +151,29 @@ class SocketQueue(BoundedQueue):
                 self._event.set()
                 return
             self.bytes_out += sent
-            complete = sent == sum(map(len, batch))
-            while sent:
-                first = items[0]
-                if sent >= len(first):
-                    sent -= len(first)
-                    items.popleft()
-                else:
-                    items[0] = memoryview(first)[sent:]
-                    sent = 0
-            if not complete:
-                self._blocked = True
+            if len(batch) == len(items) and sent == sum(map(len, batch)):
+                items.clear()
+                break
+            if not self._consume(sent, batch):
+                self._blocked = True  # the kernel buffer is full: the writer task waits
                 self._event.set()
                 return
         if self.closed:
             self._event.set()
+
+    def _consume(self, sent: int, batch: list[bytes | memoryview]) -> bool:
+        """Drop what was sent from the queue; True if the whole batch went."""
+        complete = sent == sum(map(len, batch))
+        items = self._items
+        while sent:
+            first = items[0]
+            if sent >= len(first):
+                sent -= len(first)
+                items.popleft()
+            else:
+                items[0] = memoryview(first)[sent:]
+                sent = 0
+        return complete
 
     async def run_writer(self) -> None:
         """Wait while the socket is full; returns when closed and drained, or on an error."""
