@@ -121,6 +121,7 @@ class LiveFlv:
         if await self.consumer.attach(key, viewer) is None:
             await send_short(sock, _not_found(key, cors))
             return
+        queue.flush()  # the start (header, GOP) goes now, not with the next bus message
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_watch_client, sock, queue, upgrade, nursery.cancel_scope)

@@ -164,6 +164,7 @@ class RtmpConnectionHandler:
             viewer = Viewer("rtmp", _PlayHandler(self.conn, stream_id, key), self.out,
                             variant=stream_id)
             consumer.add(key, viewer)
+            self.out.flush()  # the start (metadata, GOP) goes now, not with the next message
             try:
                 await trio.sleep_forever()
             finally:
