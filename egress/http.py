@@ -35,7 +35,8 @@ def parse_live_path(path: str, suffix: str) -> StreamKey | None:
     parts = path[: -len(suffix)].strip("/").split("/")
     if len(parts) == 2:
         parts.insert(1, DEFAULT_INSTANCE)
-    if len(parts) != 3 or not all(parts) or any(p.startswith("$") for p in parts):
+    if len(parts) != 3 or not all(parts) or any(p.startswith("$") or "\x00" in p
+                                                 for p in parts):
         return None
     return StreamKey(*parts)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import socket
 from dataclasses import dataclass
+from urllib.parse import unquote
 from typing import TYPE_CHECKING
 
 import trio
@@ -60,7 +61,7 @@ def parse_head(data: bytes) -> RequestHead | None:
         if not sep:
             return None
         headers[name.strip().lower()] = value.strip()
-    return RequestHead(method, target.partition("?")[0], headers, end + 4)
+    return RequestHead(method, unquote(target.partition("?")[0]), headers, end + 4)
 
 
 async def peek_head(sock: socket.socket) -> RequestHead | None:
