@@ -12,8 +12,8 @@ from __future__ import annotations
 import logging
 import socket
 from dataclasses import dataclass
-from urllib.parse import unquote
 from typing import TYPE_CHECKING
+from urllib.parse import unquote
 
 import trio
 
