@@ -92,23 +92,27 @@ class RtmpConnectionHandler:
 
     async def _receive_loop(self, nursery: trio.Nursery) -> None:
         cfg = self.worker.cfg.rtmp
-        while True:
-            if self.conn.state is s.State.HANDSHAKE:
-                timeout = HANDSHAKE_TIMEOUT_S
-            elif self.play is not None and not self.conn.publishing:
-                timeout = float("inf")  # players may stay silent for long: their data flows out
-            else:
-                timeout = cfg.idle_timeout_s
-            with trio.fail_after(timeout):
+        # One scope whose deadline moves, not a new one per read: this loop runs per segment.
+        with trio.CancelScope() as idle:
+            while True:
+                if self.conn.state is s.State.HANDSHAKE:
+                    timeout = HANDSHAKE_TIMEOUT_S
+                elif self.play is not None and not self.conn.publishing:
+                    timeout = float("inf")  # a player may stay silent: its data flows out
+                else:
+                    timeout = cfg.idle_timeout_s
+                idle.deadline = trio.current_time() + timeout
                 data = await receive_some(self.sock, MAX_RECV)
-            if not data:
-                self.log.info("closed by peer")
-                return
-            for ev in self.conn.receive_data(data):
-                self._on_event(ev, nursery)
-            self.flush()
-            if self.conn.state is s.State.CLOSED:
-                return
+                if not data:
+                    self.log.info("closed by peer")
+                    return
+                for ev in self.conn.receive_data(data):
+                    self._on_event(ev, nursery)
+                self.flush()
+                if self.conn.state is s.State.CLOSED:
+                    return
+        if idle.cancelled_caught:
+            raise trio.TooSlowError
 
     def flush(self) -> None:
         if self.conn.has_output:
