@@ -33,7 +33,7 @@ ALLOWED_MODULES: dict[str, frozenset[str]] = {
 
 PURE_MODULES = (
     "broker/packet.py", "broker/wire.py", "broker/gop.py", "broker/feed.py",
-    "broker/flvpacket.py", "egress/wsframe.py",
+    "broker/flvpacket.py", "egress/wsframe.py", "egress/fmp4/fragmenter.py",
     "ingest/rtmp/chunk.py", "ingest/rtmp/handshake.py", "ingest/rtmp/messages.py",
     "ingest/rtmp/session.py", "ingest/rtmp/errors.py",
     "control/config.py",
