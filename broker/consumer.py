@@ -9,18 +9,21 @@ import trio
 
 from broker import wire
 from broker.feed import FeedState, StreamDirectory
-from broker.hub import Mux, StreamHub, Viewer
 from broker.zsock import BusSubscriber, fetch_snapshot
 
 if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
+
     import zmq
 
+    from broker.hub import StreamHub, Viewer
     from broker.packet import StreamKey
 
 logger = logging.getLogger(__name__)
 
 # How long a viewer of a stream that is not (yet) published waits before "not found".
 PUBLISHER_WAIT_S = 3.0
+HubId = tuple["StreamKey", str]  # a stream and the kind of hub (output format) watching it
 # A hub with no viewers left is kept this long, so a reconnecting viewer starts at once.
 IDLE_HUB_S = 5.0
 
@@ -47,12 +50,13 @@ class _Watched:
 
 class Consumer:
     def __init__(self, ctx: zmq.Context[zmq.Socket[bytes]], subscriber: BusSubscriber,
-                 mux: Mux) -> None:
+                 hub_factories: Mapping[str, Callable[[StreamKey], StreamHub]]) -> None:
+        """`hub_factories` names the kinds of hub (one per output format) a stream can have."""
         self._ctx = ctx
         self.subscriber = subscriber
         self.directory = StreamDirectory()
-        self._mux = mux
-        self._watched: dict[StreamKey, _Watched] = {}
+        self._factories = dict(hub_factories)
+        self._watched: dict[HubId, _Watched] = {}
         self._changed = trio.Event()  # set whenever the directory or a hub's state changes
         self._nursery: trio.Nursery | None = None
         subscriber.subscribe(wire.CONTROL_TOPIC, self._on_control)
@@ -64,19 +68,26 @@ class Consumer:
                 await trio.sleep(1.0)
                 self._collect(trio.current_time())
 
-    def hubs(self) -> dict[StreamKey, StreamHub]:
-        return {k: w.hub for k, w in self._watched.items()}
+    def viewer_counts(self) -> dict[str, dict[str, int]]:
+        """Viewers per stream and protocol, over every kind of hub."""
+        out: dict[str, dict[str, int]] = {}
+        for (key, _), watched in self._watched.items():
+            per = out.setdefault(str(key), {})
+            for protocol, n in watched.hub.counts().items():
+                per[protocol] = per.get(protocol, 0) + n
+        return out
 
-    async def attach(self, key: StreamKey, viewer: Viewer, *,
+    async def attach(self, key: StreamKey, viewer: Viewer, *, kind: str = "",
                      wait_s: float = PUBLISHER_WAIT_S) -> StreamHub | None:
         """Add a viewer to the stream's hub; None if no publisher appears within wait_s."""
-        if not await self.wait_published(key, wait_s=wait_s):
+        if not await self.wait_published(key, kind=kind, wait_s=wait_s):
             return None
-        return self.add(key, viewer)
+        return self.add(key, viewer, kind=kind)
 
-    async def wait_published(self, key: StreamKey, *, wait_s: float = PUBLISHER_WAIT_S) -> bool:
+    async def wait_published(self, key: StreamKey, *, kind: str = "",
+                             wait_s: float = PUBLISHER_WAIT_S) -> bool:
         """Subscribe to the stream and wait (up to wait_s) until it is published."""
-        watched = self._watch(key)
+        watched = self._watch(key, kind)
         watched.idle_since = None
         with trio.move_on_after(wait_s):
             while not watched.hub.live and self.directory.get(key, trio.current_time()) is None:
@@ -86,15 +97,15 @@ class Consumer:
             watched.idle_since = trio.current_time()
         return False
 
-    def add(self, key: StreamKey, viewer: Viewer) -> StreamHub:
+    def add(self, key: StreamKey, viewer: Viewer, *, kind: str = "") -> StreamHub:
         """Add a viewer at once (after wait_published): no await between deciding and adding."""
-        watched = self._watch(key)
+        watched = self._watch(key, kind)
         watched.idle_since = None
         watched.hub.add(viewer)
         return watched.hub
 
-    def detach(self, key: StreamKey, viewer: Viewer) -> None:
-        watched = self._watched.get(key)
+    def detach(self, key: StreamKey, viewer: Viewer, *, kind: str = "") -> None:
+        watched = self._watched.get((key, kind or self._default_kind))
         if watched is None:
             return
         watched.hub.remove(viewer)
@@ -108,11 +119,16 @@ class Consumer:
         self._changed.set()
         self._changed = trio.Event()
 
-    def _watch(self, key: StreamKey) -> _Watched:
-        watched = self._watched.get(key)
+    @property
+    def _default_kind(self) -> str:
+        return next(iter(self._factories))
+
+    def _watch(self, key: StreamKey, kind: str) -> _Watched:
+        hub_id = (key, kind or self._default_kind)
+        watched = self._watched.get(hub_id)
         if watched is None:
-            hub = StreamHub(key, self._mux)
-            watched = self._watched[key] = _Watched(hub)
+            hub = self._factories[hub_id[1]](key)
+            watched = self._watched[hub_id] = _Watched(hub)
             self.subscriber.subscribe(key.topic, watched.handler)
             self._join(key, watched)
         return watched
@@ -133,7 +149,7 @@ class Consumer:
                     while (info := self.directory.get(key, trio.current_time())) is None:
                         await self._wait_change()
             snap = await fetch_snapshot(self._ctx, info.owner, key) if info else None
-            if self._watched.get(key) is watched:
+            if watched in self._watched.values():
                 watched.feed.apply_snapshot(snap)
         finally:
             watched.joining = False
@@ -146,15 +162,16 @@ class Consumer:
             return
         key = self.directory.on_control(body, trio.current_time())
         if key is not None:
-            watched = self._watched.get(key)
-            if watched is not None and watched.feed.needs_snapshot and not watched.joining:
-                self._join(key, watched)
+            for (watched_key, _), watched in self._watched.items():
+                if watched_key == key and watched.feed.needs_snapshot and not watched.joining:
+                    self._join(key, watched)
             self._notify()
 
     def _collect(self, now: float) -> None:
-        for key, watched in list(self._watched.items()):
+        for hub_id, watched in list(self._watched.items()):
+            key = hub_id[0]
             if watched.feed.needs_snapshot and not watched.joining:
                 self._join(key, watched)
             if watched.idle_since is not None and now - watched.idle_since > IDLE_HUB_S:
                 self.subscriber.unsubscribe(key.topic, watched.handler)
-                del self._watched[key]
+                del self._watched[hub_id]

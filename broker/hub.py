@@ -106,6 +106,10 @@ class StreamHub:
             return
         if not pkt.is_config:
             sync = sync or (pkt.kind is TrackKind.AUDIO and not self.cache.has_video)
+        self._deliver(pkt, sync)
+
+    def _deliver(self, pkt: MediaPacket, sync: bool) -> None:
+        """Mux the packet once per variant and queue it to every started viewer."""
         by_variant: dict[Hashable, bytes] = {}
         for viewer in self.viewers:
             if not viewer.started:
@@ -163,9 +167,13 @@ class StreamHub:
                 meta is None and len(cache.gop) < AUDIO_ONLY_AFTER_FRAMES):
             return
         self.live = True
+        self._went_live()
         for viewer in self.viewers:
             if not viewer.started:
                 self._start(viewer)
+
+    def _went_live(self) -> None:
+        """The track set is known (a hook for muxers that need it before the first packet)."""
 
     def _retime(self, pkt: MediaPacket) -> MediaPacket:
         """Keep output timestamps monotonic across publishers: shift each session as a whole."""

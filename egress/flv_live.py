@@ -15,9 +15,7 @@ import trio
 from starlette.responses import PlainTextResponse, Response, StreamingResponse
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from broker.fanout import ViewerQueue
 from broker.flvpacket import flv_tag_parts
-from broker.hub import Viewer
 from egress import wsframe
 from media import flv
 
@@ -25,6 +23,8 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Hashable
 
     from broker.consumer import Consumer
+    from broker.fanout import ViewerQueue
+    from broker.hub import Viewer
     from broker.packet import MediaPacket, StreamKey
 
 logger = logging.getLogger(__name__)
@@ -78,11 +78,10 @@ class FlvHandler:
         return None  # the publisher left: end the response cleanly
 
 
-async def http_flv(consumer: Consumer, key: StreamKey, *, cache_frames: int,
-                   headers: dict[str, str]) -> Response:
-    queue = ViewerQueue(cache_frames)
-    viewer = Viewer("http-flv", FlvHandler(Framing.PLAIN), queue, variant=Framing.PLAIN)
-    if await consumer.attach(key, viewer) is None:
+async def http_live(consumer: Consumer, key: StreamKey, viewer: Viewer, queue: ViewerQueue, *,
+                    kind: str, media_type: str, headers: dict[str, str]) -> Response:
+    """A live stream as an ASGI streaming response (for kept-alive connections)."""
+    if await consumer.attach(key, viewer, kind=kind) is None:
         return PlainTextResponse(f"stream {key} is not published\n", 404, headers=headers)
 
     async def body() -> AsyncIterator[bytes]:
@@ -90,17 +89,16 @@ async def http_flv(consumer: Consumer, key: StreamKey, *, cache_frames: int,
             while batch := await queue.get_batch():
                 yield b"".join(batch)
         finally:
-            consumer.detach(key, viewer)
+            consumer.detach(key, viewer, kind=kind)
 
-    return StreamingResponse(body(), media_type="video/x-flv",
+    return StreamingResponse(body(), media_type=media_type,
                              headers={"Cache-Control": "no-cache", **headers})
 
 
-async def ws_flv(consumer: Consumer, key: StreamKey, websocket: WebSocket, *,
-                 cache_frames: int) -> None:
-    queue = ViewerQueue(cache_frames)
-    viewer = Viewer("ws-flv", FlvHandler(Framing.PLAIN), queue, variant=Framing.PLAIN)
-    if await consumer.attach(key, viewer) is None:
+async def ws_live(consumer: Consumer, key: StreamKey, viewer: Viewer, queue: ViewerQueue, *,
+                  kind: str, websocket: WebSocket) -> None:
+    """A live stream as ASGI WebSocket messages (for upgrades on kept-alive connections)."""
+    if await consumer.attach(key, viewer, kind=kind) is None:
         await websocket.close(code=4404, reason=f"stream {key} is not published")
         return
     await websocket.accept()
@@ -114,7 +112,7 @@ async def ws_flv(consumer: Consumer, key: StreamKey, websocket: WebSocket, *,
     except (WebSocketDisconnect, trio.BrokenResourceError, trio.ClosedResourceError):
         pass
     finally:
-        consumer.detach(key, viewer)
+        consumer.detach(key, viewer, kind=kind)
 
 
 async def _until_closed(websocket: WebSocket, scope: trio.CancelScope) -> None:

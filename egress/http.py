@@ -10,22 +10,50 @@ from starlette.applications import Starlette
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route, WebSocketRoute
 
+from broker.fanout import ViewerQueue
+from broker.hub import Viewer
 from broker.packet import DEFAULT_INSTANCE, StreamKey
 from control.config import location_for
-from egress.flv_live import http_flv, ws_flv
+from egress.flv_live import FlvHandler, Framing, http_live, ws_live
+from egress.fmp4.live import Fmp4Handler
 
 if TYPE_CHECKING:
     from starlette.requests import Request
     from starlette.websockets import WebSocket
 
     from broker.consumer import Consumer
+    from broker.fanout import BoundedQueue
+    from broker.hub import ViewerHandler
     from control.config import Config
 
 
 @dataclass(frozen=True, slots=True)
-class FlvRoute:
+class LiveFormat:
+    """A live output format: URL suffix, hub kind, DVR entry it needs, content type."""
+
+    suffix: str
+    kind: str
+    dvr: str
+    content_type: str
+    protocol: str  # as counted in the status: "http-flv", and "ws-flv" over WebSocket
+
+
+FLV = LiveFormat(".flv", "flv", "DVR_FLV", "video/x-flv", "flv")
+FMP4 = LiveFormat(".mp4", "mp4", "DVR_FMP4", "video/mp4", "fmp4")
+LIVE_FORMATS = (FLV, FMP4)
+
+
+@dataclass(frozen=True, slots=True)
+class LiveRoute:
     key: StreamKey
+    format: LiveFormat
     cache_frames: int
+
+    def viewer(self, queue: BoundedQueue, framing: Framing, *, websocket: bool) -> Viewer:
+        handler: ViewerHandler = (FlvHandler(framing) if self.format is FLV
+                                  else Fmp4Handler(framing))
+        protocol = ("ws-" if websocket else "http-") + self.format.protocol
+        return Viewer(protocol, handler, queue, variant=framing)
 
 
 def parse_live_path(path: str, suffix: str) -> StreamKey | None:
@@ -59,42 +87,51 @@ class EgressApp:
             return {"Access-Control-Allow-Origin": origin, "Vary": "Origin"}
         return {}
 
-    def flv_route(self, path: str) -> FlvRoute | str | None:
-        """Where a live FLV request goes: a route, a reason it is off, or None (not one)."""
+    def live_route(self, path: str) -> LiveRoute | str | None:
+        """Where a live stream request goes: a route, why it is off, or None (not one)."""
         loc = location_for(self.cfg.http.location, path)
-        key = parse_live_path(path, ".flv")
-        if loc is None or loc.handler != "http_file" or key is None:
+        if loc is None or loc.handler != "http_file":
             return None
-        # HTTP-FLV needs a DVR_FLV entry in the stream's RTMP location, as the seed says.
+        for fmt in LIVE_FORMATS:
+            if (key := parse_live_path(path, fmt.suffix)) is not None:
+                break
+        else:
+            return None
+        # As the seed says: HTTP-FLV needs a DVR_FLV entry in the stream's RTMP location,
+        # and the fMP4 outputs a DVR_FMP4 entry.
         rtmp_loc = location_for(self.cfg.rtmp.location, f"/{key.app}")
-        if rtmp_loc is None or not any(d.name == "DVR_FLV" for d in rtmp_loc.dvr):
-            return (f"HTTP-FLV is off for /{key.app}: its [[rtmp.location]] has no "
-                    f"DVR_FLV entry\n")
-        return FlvRoute(key, loc.cache_frames)
+        if rtmp_loc is None or not any(d.name == fmt.dvr for d in rtmp_loc.dvr):
+            return (f"{fmt.suffix} streams are off for /{key.app}: its [[rtmp.location]] "
+                    f"has no {fmt.dvr} entry\n")
+        return LiveRoute(key, fmt, loc.cache_frames)
 
     async def http_get(self, request: Request) -> Response:
         headers = self.cors_headers(request.headers.get("origin"))
-        route = self.flv_route(request.url.path)
+        route = self.live_route(request.url.path)
         if route is None:
             return PlainTextResponse("not found\n", 404, headers=headers)
         if isinstance(route, str):
             return PlainTextResponse(route, 404, headers=headers)
-        return await http_flv(self.consumer, route.key, cache_frames=route.cache_frames,
-                              headers=headers)
+        queue = ViewerQueue(route.cache_frames)
+        viewer = route.viewer(queue, Framing.PLAIN, websocket=False)
+        return await http_live(self.consumer, route.key, viewer, queue, kind=route.format.kind,
+                               media_type=route.format.content_type, headers=headers)
 
     async def websocket(self, websocket: WebSocket) -> None:
-        route = self.flv_route(websocket.url.path)
-        if not isinstance(route, FlvRoute):
+        route = self.live_route(websocket.url.path)
+        if not isinstance(route, LiveRoute):
             await websocket.close(code=4404, reason="not found")
             return
-        await ws_flv(self.consumer, route.key, websocket, cache_frames=route.cache_frames)
+        queue = ViewerQueue(route.cache_frames)
+        viewer = route.viewer(queue, Framing.PLAIN, websocket=True)
+        await ws_live(self.consumer, route.key, viewer, queue, kind=route.format.kind,
+                      websocket=websocket)
 
     async def streams(self, request: Request) -> Response:
         """This worker's view: the live streams on the bus and its own viewers."""
         now = trio.current_time()
-        hubs = self.consumer.hubs()
+        viewers = self.consumer.viewer_counts()
         return JSONResponse({
-            str(info.key): {**info.info, "viewers": hubs[info.key].counts()
-                            if info.key in hubs else {}}
+            str(info.key): {**info.info, "viewers": viewers.get(str(info.key), {})}
             for info in self.consumer.directory.live(now)
         }, headers=self.cors_headers(request.headers.get("origin")))

@@ -1,10 +1,10 @@
-"""The egress fast path: live HTTP-FLV and WebSocket-FLV straight on the client's socket.
+"""The egress fast path: live FLV and fMP4, over HTTP or WebSocket, straight on the socket.
 
 The egress worker accepts connections itself and peeks at the first request. A live stream
-request (GET of APP/NAME.flv, plain or as a WebSocket upgrade) is answered here: after the
-response head, the stream's hub writes shared, pre-framed bytes into the socket with one
-sendmsg per bus wake-up (broker.fanout.SocketQueue), and no per-frame task, await or ASGI
-layer stands between them. Every other request goes to hypercorn and the starlette app.
+request (GET of APP/NAME.flv or APP/NAME.mp4, plain or as a WebSocket upgrade) is answered
+here: after the response head, the stream's hub writes shared, pre-framed bytes into the
+socket with one sendmsg per bus wake-up (broker.fanout.SocketQueue), and no per-frame task,
+await or ASGI layer stands between them. Every other request goes to hypercorn and the starlette app.
 """
 
 from __future__ import annotations
@@ -18,14 +18,14 @@ from urllib.parse import unquote
 import trio
 
 from broker.fanout import Flusher, SocketQueue
-from broker.hub import Viewer
 from broker.sockets import send_short
 from egress import wsframe
-from egress.flv_live import FlvHandler, Framing
+from egress.flv_live import Framing
 
 if TYPE_CHECKING:
     from broker.consumer import Consumer
     from broker.packet import StreamKey
+    from egress.http import LiveRoute
 
 logger = logging.getLogger(__name__)
 
@@ -88,13 +88,14 @@ def http_response(status: str, headers: dict[str, str], body: bytes = b"") -> by
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
 
 
-class LiveFlv:
+class LiveStreams:
     def __init__(self, consumer: Consumer, flusher: Flusher) -> None:
         self.consumer = consumer
         self.flusher = flusher
 
-    async def serve(self, sock: socket.socket, head: RequestHead, key: StreamKey, *,
-                    cache_frames: int, cors: dict[str, str]) -> None:
+    async def serve(self, sock: socket.socket, head: RequestHead, route: LiveRoute, *,
+                    cors: dict[str, str]) -> None:
+        key, kind = route.key, route.format.kind
         sock.recv(head.size)  # consume the head we peeked at
         upgrade = head.headers.get("upgrade", "").lower() == "websocket"
         if upgrade:
@@ -103,23 +104,23 @@ class LiveFlv:
                 await send_short(sock, http_response("400 Bad Request", {"Connection": "close"},
                                                 b"bad WebSocket upgrade\n"))
                 return
-            framing, protocol = Framing.WEBSOCKET, "ws-flv"
+            framing = Framing.WEBSOCKET
             start = http_response("101 Switching Protocols", {
                 "Upgrade": "websocket", "Connection": "Upgrade",
                 "Sec-WebSocket-Accept": wsframe.accept_key(ws_key)})
         else:
-            framing, protocol = Framing.CHUNKED, "http-flv"
+            framing = Framing.CHUNKED
             start = http_response("200 OK", {
-                "Content-Type": "video/x-flv", "Transfer-Encoding": "chunked",
+                "Content-Type": route.format.content_type, "Transfer-Encoding": "chunked",
                 "Cache-Control": "no-cache", "Connection": "close", **cors})
-        queue = SocketQueue(sock, cache_frames, self.flusher)
+        queue = SocketQueue(sock, route.cache_frames, self.flusher)
         queue.preload(start)  # goes out with the first media, or not at all if 404
-        viewer = Viewer(protocol, FlvHandler(framing), queue, variant=framing)
+        viewer = route.viewer(queue, framing, websocket=upgrade)
         if head.method == "HEAD" and not upgrade:
             live = self.consumer.directory.get(key, trio.current_time()) is not None
             await send_short(sock, start if live else _not_found(key, cors))
             return
-        if await self.consumer.attach(key, viewer) is None:
+        if await self.consumer.attach(key, viewer, kind=kind) is None:
             await send_short(sock, _not_found(key, cors))
             return
         queue.flush()  # the start (header, GOP) goes now, not with the next bus message
@@ -134,7 +135,7 @@ class LiveFlv:
         except* trio.BrokenResourceError:
             pass  # the viewer went away
         finally:
-            self.consumer.detach(key, viewer)
+            self.consumer.detach(key, viewer, kind=kind)
 
 
 def _not_found(key: StreamKey, cors: dict[str, str]) -> bytes:

@@ -21,11 +21,13 @@ from hypercorn.trio.worker_context import WorkerContext
 from broker.consumer import Consumer
 from broker.fanout import Flusher
 from broker.feed import ANNOUNCE_INTERVAL_S
+from broker.hub import StreamHub
 from broker.sockets import send_short, serve_accept
 from broker.zsock import BusPublisher, BusSubscriber, bus_endpoints
 from egress.flv_live import FlvMuxer
-from egress.http import EgressApp, FlvRoute
-from egress.live import LiveFlv, http_response, peek_head
+from egress.fmp4.live import Fmp4Hub
+from egress.http import EgressApp, LiveRoute
+from egress.live import LiveStreams, http_response, peek_head
 
 if TYPE_CHECKING:
     from control.config import Config
@@ -36,7 +38,7 @@ logger = logging.getLogger(__name__)
 class EgressServer:
     def __init__(self, cfg: Config, consumer: Consumer, flusher: Flusher) -> None:
         self.app = EgressApp(cfg, consumer)
-        self.live = LiveFlv(consumer, flusher)
+        self.live = LiveStreams(consumer, flusher)
         hc = HypercornConfig()
         hc.keep_alive_timeout = cfg.http.idle_timeout_s
         hc.accesslog = None
@@ -47,15 +49,14 @@ class EgressServer:
 
     async def handle(self, conn: socket.socket) -> None:
         head = await peek_head(conn)
-        route = self.app.flv_route(head.path) if head is not None else None
+        route = self.app.live_route(head.path) if head is not None else None
         if head is None or route is None:
             stream = trio.SocketStream(trio.socket.from_stdlib_socket(conn))
             await TCPServer(self.asgi, self.hypercorn, self.context, {}, stream)  # type: ignore[arg-type]
             return
         cors = self.app.cors_headers(head.headers.get("origin"))
-        if isinstance(route, FlvRoute):
-            await self.live.serve(conn, head, route.key, cache_frames=route.cache_frames,
-                                  cors=cors)
+        if isinstance(route, LiveRoute):
+            await self.live.serve(conn, head, route, cors=cors)
         else:
             conn.recv(head.size)
             await send_short(conn, http_response("404 Not Found", {"Connection": "close", **cors},
@@ -67,7 +68,7 @@ async def _report_viewers(name: str, publisher: BusPublisher, consumer: Consumer
         await trio.sleep(ANNOUNCE_INTERVAL_S)
         publisher.send_control("viewers", {
             "worker": name, "pid": os.getpid(),
-            "streams": {str(k): hub.counts() for k, hub in consumer.hubs().items()}})
+            "streams": consumer.viewer_counts()})
 
 
 async def serve_egress(cfg: Config, name: str, listener: socket.socket,
@@ -76,7 +77,9 @@ async def serve_egress(cfg: Config, name: str, listener: socket.socket,
     flusher = Flusher()
     subscriber = BusSubscriber(ctx, backend, hwm=cfg.bus.hwm, on_drained=flusher.flush)
     publisher = BusPublisher(ctx, frontend, hwm=cfg.bus.hwm)  # control messages only
-    consumer = Consumer(ctx, subscriber, FlvMuxer())
+    flv_muxer = FlvMuxer()  # one per worker: the tag of a packet is built once
+    consumer = Consumer(ctx, subscriber, {
+        "flv": lambda key: StreamHub(key, flv_muxer), "mp4": Fmp4Hub})
     server = EgressServer(cfg, consumer, flusher)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(subscriber.serve)

@@ -14,6 +14,7 @@ import zmq
 from broker.consumer import Consumer
 from broker.fanout import Flusher
 from broker.feed import ANNOUNCE_INTERVAL_S
+from broker.hub import StreamHub
 from broker.packet import Codec, MediaPacket, StreamKey, TrackKind
 from broker.sockets import serve_accept
 from broker.zsock import (
@@ -102,7 +103,7 @@ class IngestWorker:
             assert isinstance(stream_id, int)
             return media_message_bytes(pkt, stream_id, cfg.rtmp.chunk_size_bytes, encoder)
 
-        self.consumer = Consumer(ctx, self.subscriber, mux)
+        self.consumer = Consumer(ctx, self.subscriber, {"rtmp": lambda key: StreamHub(key, mux)})
         self.stats: dict[StreamKey, StreamStats] = {}
 
     # -- publishing ----------------------------------------------------------------------------
@@ -145,7 +146,7 @@ class IngestWorker:
                 self._announce(key, stats.tick(ANNOUNCE_INTERVAL_S))
             self.publisher.send_control("viewers", {
                 "worker": self.name, "pid": os.getpid(),
-                "streams": {str(k): hub.counts() for k, hub in self.consumer.hubs().items()}})
+                "streams": self.consumer.viewer_counts()})
 
     # -- process -------------------------------------------------------------------------------
 

@@ -8,6 +8,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 import av
+import httpx
 import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect as ws_connect
@@ -190,11 +191,59 @@ def test_single_track_streams_play_everywhere(server: Server, audio_media: Path,
 
 
 def test_unknown_stream_is_404_after_a_short_wait(server: Server) -> None:
-    import httpx
-
     started = time.monotonic()
     r = httpx.get(server.http("/live/nothing.flv"), timeout=10)
     assert r.status_code == 404
     assert "not published" in r.text
     assert 2.0 < time.monotonic() - started < 6.0
     assert httpx.get(server.http("/nope.txt"), timeout=10).status_code == 404
+
+
+def _mp4_report(path: Path) -> tuple[list[tuple[int, int, bool]], int, dict[str, Any]]:
+    """Video (dts, pts, keyframe) in 90 kHz ticks, audio packet count, codecs: via PyAV."""
+    video: list[tuple[int, int, bool]] = []
+    audio = 0
+    with av.open(str(path)) as container:
+        v = container.streams.video[0]
+        codecs = {"video": v.codec_context.name,
+                  "audio": container.streams.audio[0].codec_context.name,
+                  "size": (v.codec_context.width, v.codec_context.height)}
+        for packet in container.demux():
+            if packet.size == 0 or packet.dts is None:
+                continue
+            if packet.stream.type == "video":
+                video.append((packet.dts, packet.pts or 0, packet.is_keyframe))
+            else:
+                audio += 1
+    return video, audio, codecs
+
+
+def test_live_fmp4_over_http_and_websocket(server: Server, av_media: Path,
+                                           tmp_path: Path) -> None:
+    sent = media_report(av_media)
+    http_out = tmp_path / "http.mp4"
+    ws = WsRecorder(server.ws("/live/sample.mp4"))
+    ws.start()
+    time.sleep(1.0)
+    publisher = publish(server, av_media)
+    with httpx.stream("GET", server.http("/live/sample.mp4"), timeout=30) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"] == "video/mp4"
+        with open(http_out, "wb") as f:
+            for chunk in response.iter_bytes():
+                f.write(chunk)
+    finish(publisher, 30)
+    ws.join(15)
+    assert ws.error is None
+    ws_out = tmp_path / "ws.mp4"
+    ws_out.write_bytes(bytes(ws.data))
+    for who, path in (("http-fmp4", http_out), ("ws-fmp4", ws_out)):
+        video, audio, codecs = _mp4_report(path)
+        assert codecs == {"video": "h264", "audio": "aac", "size": (sent.width, sent.height)}, who
+        assert video[0][2], f"{who}: does not start on a keyframe"
+        assert all(a[0] < b[0] for a, b in itertools.pairwise(video)), f"{who}: DTS"
+        assert all(p >= d for d, p, _ in video), f"{who}: PTS < DTS"
+        # The HTTP player joined after the publisher started: it starts on the cached GOP.
+        need = 0.95 if who == "ws-fmp4" else 0.5
+        assert len(video) >= need * len(sent.video), (who, len(video))
+        assert audio >= need * len(sent.audio), (who, audio)
