@@ -4,7 +4,8 @@ The egress worker accepts connections itself and peeks at the first request. A l
 request (GET of APP/NAME.flv or APP/NAME.mp4, plain or as a WebSocket upgrade) is answered
 here: after the response head, the stream's hub writes shared, pre-framed bytes into the
 socket with one sendmsg per bus wake-up (broker.fanout.SocketQueue), and no per-frame task,
-await or ASGI layer stands between them. Every other request goes to hypercorn and the starlette app.
+await or ASGI layer stands between them. Every other request goes to hypercorn and the
+starlette app.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from urllib.parse import unquote
 import trio
 
 from broker.fanout import Flusher, SocketQueue
-from broker.sockets import send_short
+from broker.sockets import receive_some, send_short
 from egress import wsframe
 from egress.flv_live import Framing
 
@@ -118,18 +119,20 @@ class LiveStreams:
         viewer = route.viewer(queue, framing, websocket=upgrade)
         if head.method == "HEAD" and not upgrade:
             live = self.consumer.directory.get(key, trio.current_time()) is not None
-            await send_short(sock, start if live else _not_found(key, cors))
+            answer = start if live else _not_found(key, cors)
+            await send_short(sock, answer[:answer.index(b"\r\n\r\n") + 4])  # no body
             return
         if await self.consumer.attach(key, viewer, kind=kind) is None:
             await send_short(sock, _not_found(key, cors))
             return
         queue.flush()  # the start (header, GOP) goes now, not with the next bus message
+        client = _Client(sock, queue, upgrade)
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(_watch_client, sock, queue, upgrade, nursery.cancel_scope)
+                nursery.start_soon(client.watch, nursery.cancel_scope)
                 await queue.run_writer()
                 nursery.cancel_scope.cancel()
-            if queue.closed:  # the publisher left: end the response properly
+            if queue.closed and not client.closed:  # the publisher left: end properly
                 ending = wsframe.close_frame(1000, "stream ended") if upgrade else b"0\r\n\r\n"
                 await send_short(sock, ending)
         except* trio.BrokenResourceError:
@@ -143,35 +146,37 @@ def _not_found(key: StreamKey, cors: dict[str, str]) -> bytes:
                                        **cors}, f"stream {key} is not published\n".encode())
 
 
-async def _watch_client(sock: socket.socket, queue: SocketQueue, websocket: bool,
-                        scope: trio.CancelScope) -> None:
-    """Notice a client that leaves (then stop its stream); for WebSocket, answer pings."""
-    try:
-        await _read_client(sock, queue, websocket)
-    except (OSError, wsframe.WsProtocolError):
-        pass
-    finally:
-        scope.cancel()
+class _Client:
+    """The viewer's side of the connection: notice it leaving; for WebSocket, answer pings
+    and closes."""
 
+    def __init__(self, sock: socket.socket, queue: SocketQueue, websocket: bool) -> None:
+        self.sock, self.queue, self.websocket = sock, queue, websocket
+        self.closed = False  # the client sent a WebSocket close (and got ours)
 
-async def _read_client(sock: socket.socket, queue: SocketQueue, websocket: bool) -> None:
-    decoder = wsframe.ClientFrameDecoder()
-    while True:
-        await trio.lowlevel.wait_readable(sock)
+    async def watch(self, scope: trio.CancelScope) -> None:
         try:
-            data = sock.recv(MAX_RECV)
-        except BlockingIOError:
-            continue
-        if not data:
-            return
-        if not websocket:
-            continue  # a player has nothing to say; pipelined requests are ignored
-        decoder.receive_data(data)
-        while (frame := decoder.next_frame()) is not None:
-            if frame.opcode is wsframe.Opcode.PING:
-                queue.push_control(wsframe.frame(wsframe.Opcode.PONG, frame.payload))
-                queue.flush()
-            elif frame.opcode is wsframe.Opcode.CLOSE:
-                queue.push_control(wsframe.close_frame(1000))
-                queue.flush()
-                return
+            await self._read()
+        except (OSError, wsframe.WsProtocolError):
+            pass
+        finally:
+            scope.cancel()
+
+    async def _read(self) -> None:
+        decoder = wsframe.ClientFrameDecoder()
+        queue = self.queue
+        while data := await receive_some(self.sock, MAX_RECV):
+            if not self.websocket:
+                continue  # a player has nothing to say; pipelined requests are ignored
+            decoder.receive_data(data)
+            while (frame := decoder.next_frame()) is not None:
+                if frame.opcode is wsframe.Opcode.PING:
+                    queue.push_control(wsframe.frame(wsframe.Opcode.PONG, frame.payload))
+                    queue.flush()
+                elif frame.opcode is wsframe.Opcode.CLOSE:
+                    # Our close goes last: nothing may follow it (RFC 6455 §5.5.1).
+                    queue.push_control(wsframe.close_frame(1000))
+                    queue.close()
+                    queue.flush()
+                    self.closed = True
+                    return

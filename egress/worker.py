@@ -49,7 +49,8 @@ class EgressServer:
 
     async def handle(self, conn: socket.socket) -> None:
         head = await peek_head(conn)
-        route = self.app.live_route(head.path) if head is not None else None
+        live = head is not None and head.method in ("GET", "HEAD")
+        route = self.app.live_route(head.path) if head is not None and live else None
         if head is None or route is None:
             stream = trio.SocketStream(trio.socket.from_stdlib_socket(conn))
             await TCPServer(self.asgi, self.hypercorn, self.context, {}, stream)  # type: ignore[arg-type]

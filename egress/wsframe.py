@@ -52,7 +52,9 @@ def frame(opcode: Opcode, payload: bytes) -> bytes:
 
 
 def close_frame(code: int, reason: str = "") -> bytes:
-    return frame(Opcode.CLOSE, struct.pack(">H", code) + reason.encode()[:120])
+    # A control frame carries at most 125 bytes; cut the reason on a character boundary.
+    text = reason.encode()[:120].decode("utf-8", "ignore").encode()
+    return frame(Opcode.CLOSE, struct.pack(">H", code) + text)
 
 
 @dataclass(frozen=True, slots=True)

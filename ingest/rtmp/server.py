@@ -160,6 +160,7 @@ class RtmpConnectionHandler:
                 self.conn.reject_play(stream_id, "NetStream.Play.StreamNotFound",
                                       f"{key} is not published")
                 self.flush()
+                self.play = None  # the connection may play something else
                 return
             self.log.info("play %s", key)
             # Play.Start goes out before the hub's first bytes: accept, then add (no await).

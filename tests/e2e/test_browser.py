@@ -81,7 +81,7 @@ def test_mpegts_js_plays_live_flv(cors_server: Server, page_server: str, av_medi
         publisher.kill()
         publisher.communicate()
     assert report["supported"], report
-    assert report["errors"] == [], report["errors"]
+    assert report["errors"] == [], f"{report['errors']}\nserver log:\n{server.log()}"
     assert report["mediaInfo"]["hasAudio"] is True
     assert report["mediaInfo"]["hasVideo"] is True
     assert (report["mediaInfo"]["width"], report["mediaInfo"]["height"]) == (320, 240)

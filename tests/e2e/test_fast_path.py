@@ -277,6 +277,7 @@ def test_head_of_an_unknown_stream_is_404_at_once(srv: Server) -> None:
         sock.sendall(request("/live/nobody-publishes-this.flv", method="HEAD"))
         r = Response(sock)
         assert r.status == 404
+        assert r.read_to_eof() == b""  # a HEAD answer has no body (RFC 9110 §9.3.2)
     assert time.monotonic() - started < 2.0  # HEAD does not wait for a publisher
 
 
@@ -370,8 +371,10 @@ def test_websocket_close_is_answered_and_ends_the_connection(srv: Server, live: 
                 break
         assert (fin, opcode) == (True, 0x8)
         assert struct.unpack(">H", payload[:2]) == (1000,)
-        # Nothing may follow a close frame; then the server closes the TCP connection.
-        assert r.read_to_eof() == b""
+        # Then the server closes the TCP connection, with no data frame after its close frame
+        # (RFC 6455 §5.5.1).
+        r.rest += r.read_to_eof()
+        assert r.rest == b""
 
 
 def test_websocket_upgrade_without_key_is_400(srv: Server) -> None:
@@ -452,3 +455,22 @@ def test_rtmp_second_play_on_one_connection_fails(srv: Server, live: Live) -> No
             for msg in client.received[media_before:]), "more video on the first stream")
         assert all(msg.stream_id != second for msg in client.received
                    if msg.type_id in (m.MessageType.VIDEO, m.MessageType.AUDIO))
+
+
+def test_rtmp_play_after_stream_not_found(srv: Server, live: Live) -> None:
+    """A refused play leaves the connection free to play another stream."""
+    with socket.create_connection(("127.0.0.1", srv.rtmp_port), timeout=IO_TIMEOUT_S) as sock:
+        client = RtmpTestClient()
+        txn = client.connect("live", f"rtmp://127.0.0.1:{srv.rtmp_port}/live")
+        rtmp_pump(sock, client, lambda: client.result(txn) is not None, "connect")
+        txns = [client.create_stream(), client.create_stream()]
+        rtmp_pump(sock, client, lambda: all(client.result(t) for t in txns), "createStream")
+        first, second = (int(r.args[0]) for t in txns if (r := client.result(t)) is not None
+                         and isinstance(r.args[0], float))
+        client.play(first, "nobody-publishes-this")
+        rtmp_pump(sock, client, lambda: bool(client.status_codes(stream_id=first)),
+                  "an answer to the first play")
+        assert client.status_codes(stream_id=first) == ["NetStream.Play.StreamNotFound"]
+        client.play(second, live.name)
+        rtmp_pump(sock, client, lambda: "NetStream.Play.Start" in client.status_codes(
+            stream_id=second), "Play.Start of the second play")
