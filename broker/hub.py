@@ -110,6 +110,8 @@ class StreamHub:
 
     def _deliver(self, pkt: MediaPacket, sync: bool) -> None:
         """Mux the packet once per variant and queue it to every started viewer."""
+        # Audio may wait for the next video frame to share its write (see broker.fanout).
+        urgent = pkt.kind is not TrackKind.AUDIO or not self.cache.has_video
         by_variant: dict[Hashable, bytes] = {}
         for viewer in self.viewers:
             if not viewer.started:
@@ -122,7 +124,7 @@ class StreamHub:
             if pkt.is_config or pkt.kind is TrackKind.DATA:
                 viewer.queue.push_control(data)
             else:
-                viewer.queue.push(data, sync=sync)
+                viewer.queue.push(data, sync=sync, urgent=urgent)
 
     # -- viewers -------------------------------------------------------------------------------
 

@@ -18,6 +18,7 @@ import trio.testing
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from broker import fanout
 from broker.fanout import MAX_IOV, Flusher, SocketQueue, ViewerQueue
 
 if TYPE_CHECKING:
@@ -563,3 +564,25 @@ async def test_viewer_queue_preload_does_not_wake_a_waiting_reader() -> None:
             assert got == []
             q.push(b"frame", sync=True)
     assert got == [[b"hdr", b"frame"]]
+
+
+async def test_audio_waits_for_the_next_urgent_frame_or_the_deadline() -> None:
+    """Deferred (audio) frames share the next urgent (video) write, or go after DEFER_S."""
+    a, b = socket.socketpair()
+    with a, b:
+        a.setblocking(False)
+        b.setblocking(False)
+        flusher = Flusher()
+        queue = SocketQueue(a, 100, flusher)
+        queue.push(b"audio1", sync=True, urgent=False)
+        flusher.flush()
+        with pytest.raises(BlockingIOError):
+            b.recv(100)  # held back
+        queue.push(b"video1", sync=True)
+        flusher.flush()
+        assert b.recv(100) == b"audio1video1"  # one write
+        queue.push(b"audio2", sync=True, urgent=False)
+        await trio.sleep(fanout.DEFER_S + 0.01)
+        flusher.flush()  # the next bus wake-up, whatever it carried
+        assert b.recv(100) == b"audio2"
+        assert not flusher.deferred
