@@ -112,6 +112,13 @@ class StreamHub:
         """Mux the packet once per variant and queue it to every started viewer."""
         # Audio may wait for the next video frame to share its write (see broker.fanout).
         urgent = pkt.kind is not TrackKind.AUDIO or not self.cache.has_video
+        self._fan_out(lambda variant: self.mux(pkt, variant), sync=sync, urgent=urgent,
+                      control=pkt.is_config or pkt.kind is TrackKind.DATA)
+
+    def _fan_out(self, make: Callable[[Hashable], bytes], *, sync: bool, urgent: bool = True,
+                 control: bool = False) -> None:
+        """Queue bytes to every started viewer, built once per variant by `make`; a viewer
+        waiting for a start point starts at a sync point instead."""
         by_variant: dict[Hashable, bytes] = {}
         for viewer in self.viewers:
             if not viewer.started:
@@ -120,8 +127,8 @@ class StreamHub:
                 continue
             data = by_variant.get(viewer.variant)
             if data is None:
-                data = by_variant[viewer.variant] = self.mux(pkt, viewer.variant)
-            if pkt.is_config or pkt.kind is TrackKind.DATA:
+                data = by_variant[viewer.variant] = make(viewer.variant)
+            if control:
                 viewer.queue.push_control(data)
             else:
                 viewer.queue.push(data, sync=sync, urgent=urgent)

@@ -87,16 +87,7 @@ class Fmp4Hub(StreamHub):
             limit = AUDIO_ONLY_CACHED_FRAGMENTS if audio_only else MAX_CACHED_FRAGMENTS
             if len(self.fragments) > limit:
                 del self.fragments[:-limit if audio_only else None]
-        framed: dict[Hashable, bytes] = {}
-        for viewer in self.viewers:
-            if not viewer.started:
-                if sync:
-                    self._start(viewer)
-                continue
-            data = framed.get(viewer.variant)
-            if data is None:
-                data = framed[viewer.variant] = _frame(viewer.variant, fragment.data)
-            viewer.queue.push(data, sync=sync)
+        self._fan_out(lambda variant: _frame(variant, fragment.data), sync=sync)
 
     def _start(self, viewer: Viewer) -> None:
         if self.init is None or not self.fragments:

@@ -423,22 +423,29 @@ def rtmp_pump(sock: socket.socket, client: RtmpTestClient, done: Callable[[], bo
         client.receive(data)
 
 
+def _two_rtmp_streams(srv: Server, sock: socket.socket, client: RtmpTestClient,
+                      ) -> tuple[int, int]:
+    """connect, then createStream twice: the two message stream ids."""
+    txn = client.connect("live", f"rtmp://127.0.0.1:{srv.rtmp_port}/live")
+    rtmp_pump(sock, client, lambda: client.result(txn) is not None, "connect")
+    txns = [client.create_stream(), client.create_stream()]
+    rtmp_pump(sock, client, lambda: all(client.result(t) for t in txns), "createStream")
+    ids = []
+    for t in txns:
+        result = client.result(t)
+        assert result is not None
+        assert result.name == "_result"
+        assert isinstance(result.args[0], float)
+        ids.append(int(result.args[0]))
+    first, second = ids
+    assert first != second
+    return first, second
+
+
 def test_rtmp_second_play_on_one_connection_fails(srv: Server, live: Live) -> None:
     with socket.create_connection(("127.0.0.1", srv.rtmp_port), timeout=IO_TIMEOUT_S) as sock:
         client = RtmpTestClient()
-        txn = client.connect("live", f"rtmp://127.0.0.1:{srv.rtmp_port}/live")
-        rtmp_pump(sock, client, lambda: client.result(txn) is not None, "connect")
-        txns = [client.create_stream(), client.create_stream()]
-        rtmp_pump(sock, client, lambda: all(client.result(t) for t in txns), "createStream")
-        ids = []
-        for t in txns:
-            result = client.result(t)
-            assert result is not None
-            assert result.name == "_result"
-            assert isinstance(result.args[0], float)
-            ids.append(int(result.args[0]))
-        first, second = ids
-        assert first != second
+        first, second = _two_rtmp_streams(srv, sock, client)
 
         client.play(first, live.name)
         rtmp_pump(sock, client, lambda: "NetStream.Play.Start" in client.status_codes(
@@ -461,12 +468,7 @@ def test_rtmp_play_after_stream_not_found(srv: Server, live: Live) -> None:
     """A refused play leaves the connection free to play another stream."""
     with socket.create_connection(("127.0.0.1", srv.rtmp_port), timeout=IO_TIMEOUT_S) as sock:
         client = RtmpTestClient()
-        txn = client.connect("live", f"rtmp://127.0.0.1:{srv.rtmp_port}/live")
-        rtmp_pump(sock, client, lambda: client.result(txn) is not None, "connect")
-        txns = [client.create_stream(), client.create_stream()]
-        rtmp_pump(sock, client, lambda: all(client.result(t) for t in txns), "createStream")
-        first, second = (int(r.args[0]) for t in txns if (r := client.result(t)) is not None
-                         and isinstance(r.args[0], float))
+        first, second = _two_rtmp_streams(srv, sock, client)
         client.play(first, "nobody-publishes-this")
         rtmp_pump(sock, client, lambda: bool(client.status_codes(stream_id=first)),
                   "an answer to the first play")
