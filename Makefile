@@ -41,7 +41,7 @@ test: $(STAMP) lint typecheck browser-deps
 clean:
 	rm -rf $(VENV) run var .mypy_cache .ruff_cache .pytest_cache .hypothesis
 
-# The benchmark suite (docs/benchmarks.md): 15-20 minutes, rewrites its "Latest results".
+# The benchmark suite (docs/benchmarks.md): about 16 minutes, rewrites its "Latest results".
 # BENCH_ARGS=--smoke for a quick look; BENCH_ARGS=--help for every option.
 .PHONY: bench
 bench: $(STAMP)

@@ -54,6 +54,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--warmup", type=float, default=3.0, help="publisher alone first, s")
     p.add_argument("--settle", type=float, default=2.0, help="after players start, s")
     p.add_argument("--sample", type=int, default=20, help="parsing players per run")
+    p.add_argument("--join-spread", type=float, default=2.0,
+                   help="the sampled players join over this many seconds (one GOP)")
     p.add_argument("--read-interval-ms", type=float, default=50.0,
                    help="how often counting players drain their socket")
     p.add_argument("--ingest-workers", type=int, default=1)
@@ -80,6 +82,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.smoke:
         args.viewers, args.window, args.warmup, args.settle = list(SMOKE_VIEWERS), 5.0, 1.5, 0.5
+        args.join_spread = 0.5
         args.no_nginx = args.no_ingest = args.no_scaling = True
     return args
 
@@ -93,7 +96,8 @@ class Bench:
         self.args = args
         self.logs = args.workdir / "logs"
         self.opts = Options(window_s=args.window, warmup_s=args.warmup, settle_s=args.settle,
-                            sample=args.sample, read_interval_s=args.read_interval_ms / 1000)
+                            sample=args.sample, read_interval_s=args.read_interval_ms / 1000,
+                            join_spread_s=args.join_spread)
         media = load_media(ensure_media(args.workdir))
         self.encoded = EncodedMedia(media, CHUNK_SIZE)
         gc.freeze()  # the media lives to the end: keep the collector's passes short

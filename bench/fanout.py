@@ -38,7 +38,6 @@ STREAM = "bench"
 PROBE_TIMEOUT_S = 6.0  # longer than a server's wait for a publisher that may still come
 MIB = 1 << 20
 PUBLISH_TIMEOUT_S = 10.0
-JOIN_SPREAD_S = 2.0  # the test media's keyframe interval
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +49,7 @@ class Options:
     connect_concurrency: int = 32
     connect_timeout_s: float = 60.0
     read_interval_s: float = 0.05
+    join_spread_s: float = 2.0  # sampled players join over this: the test media's GOP
 
 
 @dataclass
@@ -169,7 +169,8 @@ class Session:
             # viewers joining a stream that already has its other viewers, at moments spread
             # over a GOP (a server without a GOP cache makes each wait for the next keyframe).
             for ctx, group, spread in ((counting_ctx, players[: n - sampled], 0.0),
-                                       (sampled_ctx, players[n - sampled :], JOIN_SPREAD_S)):
+                                       (sampled_ctx, players[n - sampled :],
+                                        opts.join_spread_s)):
                 for k, stats in enumerate(group):
                     nursery.start_soon(run_player, proto.play, ctx, stats,
                                        k * spread / len(group))

@@ -71,6 +71,8 @@ def fanout_table(fanout: list[dict[str, Any]]) -> list[str]:
             "peak RSS MiB | load client CPU % |",
             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in fanout:
+        if r["server"] == NGINX and r["status"] == "n/a":
+            continue  # nginx-rtmp plays RTMP only; render() says so once
         if r["status"] != "ok":
             rows.append(f"| {r['server']} | {r['protocol']} | {r['viewers']} | "
                         f"{r['status']}: {r['note']} | | | | | | |")
@@ -189,6 +191,8 @@ def render(results: dict[str, Any]) -> str:
              f"rtmpmate: {results['rtmpmate_commit'] or results['options']['rtmpmate_dir']}. "
              f"nginx-rtmp: {results['nginx']['note']}.", "",
              *targets_table(results), "", *fanout_table(results["fanout"])]
+    if any(r["server"] == NGINX for r in results["fanout"]):
+        lines += ["", "nginx-rtmp serves RTMP only: its rows for the other protocols are n/a."]
     if results["ingest"]:
         lines += ["", *ingest_table(results["ingest"])]
     if results.get("scaling"):
