@@ -19,6 +19,7 @@ from broker import wire, zsock
 from broker.feed import FeedState
 from broker.packet import Codec, MediaPacket, StreamKey, TrackKind
 from broker.zsock import BusPublisher, BusSubscriber, SnapshotServer, fetch_snapshot
+from tests.broker.test_feed import RecordingSink
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -265,30 +266,13 @@ async def test_fetch_snapshot_without_an_owner_times_out_to_none(
         assert await fetch_snapshot(ctx, endpoint, key("x")) is None
 
 
-@dataclass
-class Sink:
-    events: list[str | MediaPacket]
-
-    def on_session(self) -> None:
-        self.events.append("session")
-
-    def on_packet(self, pkt: MediaPacket) -> None:
-        self.events.append(pkt)
-
-    def on_discontinuity(self) -> None:
-        self.events.append("gap")
-
-    def on_end(self) -> None:
-        self.events.append("end")
-
-
 async def test_late_joiner_clone_pattern(ctx: Context, bus: Bus) -> None:
     """Subscribe, fetch the snapshot, apply newer updates: a contiguous start at a keyframe."""
     stream = key("late")
     endpoint = zsock.snapshot_endpoint(bus.run_dir, "w3")
     pub = BusPublisher(ctx, bus.frontend, hwm=HWM)
     sub = BusSubscriber(ctx, bus.backend, hwm=HWM)
-    sink = Sink([])
+    sink = RecordingSink()
     state = FeedState(sink)
     ended = trio.Event()
 
