@@ -13,23 +13,32 @@ Two ways out of a queue:
   with one `sendmsg` (writev, no joining copy). The viewer's task sleeps until the kernel's
   buffer is full; only then does it wait for the socket to become writable. So a viewer that
   keeps up costs one system call per bus wake-up and no task switch.
+
+A hub does not push each packet to each viewer: it batches the packets of one bus wake-up and,
+when the Flusher says so, hands every viewer the same list of shared bytes at once
+(`deliver`). A viewer with nothing of its own queued sends that list straight from the
+caller's list; only a viewer that lags behind copies references into its own queue.
 """
 
 from __future__ import annotations
 
 from collections import deque
 from itertools import islice
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import trio
 
 if TYPE_CHECKING:
     import socket
+    from collections.abc import Sequence
 
 # sendmsg takes at most IOV_MAX (1024 on Linux) buffers per call.
 MAX_IOV = 512
 # The longest a frame that may wait (see Flusher) waits for company.
 DEFER_S = 0.04
+
+# What a batch item is, for the drop policy (`deliver`).
+PLAIN, SYNC, CONTROL = 0, 1, 2
 
 
 class BoundedQueue:
@@ -76,6 +85,17 @@ class BoundedQueue:
         self.closed = True
         self._wake(True)
 
+    def deliver(self, items: Sequence[bytes], flags: Sequence[int], size: int) -> None:
+        """A hub's batch: shared bytes, each PLAIN, SYNC or CONTROL; `size` is their total."""
+        for data, flag in zip(items, flags, strict=True):
+            if flag == CONTROL:
+                self.push_control(data)
+            else:
+                self.push(data, sync=flag == SYNC)
+
+    def flush(self) -> None:
+        """Send what can go now (queues that a task drains send nothing here)."""
+
     def _wake(self, urgent: bool) -> None:
         raise NotImplementedError
 
@@ -105,10 +125,15 @@ class ViewerQueue(BoundedQueue):
         return items
 
 
-class Flusher:
-    """The queues touched since the last flush; the bus task flushes them after each drain.
+class Flushable(Protocol):
+    def flush(self) -> None: ...
 
-    A queue that only got frames that may wait (audio, while the stream has video) is flushed
+
+class Flusher:
+    """What has bytes to send since the last flush (viewers' queues, hubs with a batch); the
+    bus task flushes them after each drain.
+
+    One that only got frames that may wait (audio, while the stream has video) is flushed
     with its next urgent frame, or once its oldest waiting frame is DEFER_S old. A 2 Mbit/s
     stream brings about 30 video and 43 audio frames a second: sending audio along with video
     halves the system calls per viewer, at the cost of at most one video frame interval of
@@ -116,19 +141,27 @@ class Flusher:
     """
 
     def __init__(self) -> None:
-        self.dirty: set[SocketQueue] = set()
-        self.deferred: dict[SocketQueue, float] = {}  # queue -> when its first frame waited
+        self.dirty: set[Flushable] = set()
+        self.deferred: dict[Flushable, float] = {}  # -> when its first frame waited
+
+    def mark(self, target: Flushable, urgent: bool) -> None:
+        if urgent:
+            self.dirty.add(target)
+        elif target not in self.deferred:
+            self.deferred[target] = trio.current_time()
 
     def flush(self) -> None:
         dirty, self.dirty = self.dirty, set()
-        for queue in dirty:
-            queue.flush()
+        for target in dirty:
+            target.flush()
         if self.deferred:
             now = trio.current_time()
-            for queue, since in list(self.deferred.items()):
-                if queue in dirty or now - since >= DEFER_S:
-                    del self.deferred[queue]
-                    queue.flush()
+            for target, since in list(self.deferred.items()):
+                if target in dirty:
+                    del self.deferred[target]
+                elif now - since >= DEFER_S:
+                    del self.deferred[target]
+                    target.flush()
 
 
 class SocketQueue(BoundedQueue):
@@ -147,10 +180,41 @@ class SocketQueue(BoundedQueue):
     def _wake(self, urgent: bool) -> None:
         if self._blocked or self.closed:
             self._event.set()
-        elif urgent:
-            self._flusher.dirty.add(self)
-        elif self not in self._flusher.deferred:
-            self._flusher.deferred[self] = trio.current_time()
+        else:
+            self._flusher.mark(self, urgent)
+
+    def deliver(self, items: Sequence[bytes], flags: Sequence[int], size: int) -> None:
+        if self.closed or self.error is not None:
+            return
+        if self._items or self._blocked or self.skipping or len(items) > MAX_IOV:
+            super().deliver(items, flags, size)  # behind already: queue under the drop policy
+            self.flush()
+            return
+        # The common case: nothing of its own queued, so the shared list goes as it is.
+        try:
+            sent = self.sock.send(items[0]) if len(items) == 1 else self.sock.sendmsg(items)
+        except BlockingIOError:
+            sent = 0
+        except OSError as exc:
+            self._fail(exc)
+            return
+        self.bytes_out += sent
+        if sent == size:
+            return
+        # The kernel buffer filled: the rest waits in the queue for the writer task.
+        for data in items:
+            if sent >= len(data):
+                sent -= len(data)
+            else:
+                self._items.append(memoryview(data)[sent:] if sent else data)
+                sent = 0
+        self._blocked = True
+        self._event.set()
+
+    def _fail(self, exc: OSError) -> None:
+        self.error = exc
+        self._items.clear()
+        self._event.set()
 
     def flush(self) -> None:
         """Send what is queued without blocking; leave the rest to the writer task."""
@@ -165,9 +229,7 @@ class SocketQueue(BoundedQueue):
             except BlockingIOError:
                 sent = 0
             except OSError as exc:
-                self.error = exc
-                items.clear()
-                self._event.set()
+                self._fail(exc)
                 return
             self.bytes_out += sent
             if len(batch) == len(items) and sent == sum(map(len, batch)):

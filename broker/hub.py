@@ -11,11 +11,12 @@ import dataclasses
 from collections.abc import Callable, Hashable
 from typing import TYPE_CHECKING, Protocol
 
+from broker.fanout import CONTROL, PLAIN, SYNC
 from broker.gop import GopCache
 from broker.packet import MediaPacket, StreamKey, TrackKind, rescale
 
 if TYPE_CHECKING:
-    from broker.fanout import BoundedQueue
+    from broker.fanout import BoundedQueue, Flusher
 
 # Muxes one packet for one output variant (e.g. an RTMP message stream id); called once per
 # packet and variant, never per viewer.
@@ -35,7 +36,7 @@ class ViewerHandler(Protocol):
 
 
 class Viewer:
-    __slots__ = ("handler", "protocol", "queue", "started", "variant")
+    __slots__ = ("handler", "protocol", "queue", "skip", "started", "variant")
 
     def __init__(self, protocol: str, handler: ViewerHandler, queue: BoundedQueue, *,
                  variant: Hashable = None) -> None:
@@ -44,13 +45,21 @@ class Viewer:
         self.variant = variant
         self.queue = queue
         self.started = False
+        self.skip = 0  # items of the hub's current batch that came before this viewer started
 
 
 class StreamHub:
-    def __init__(self, key: StreamKey, mux: Mux) -> None:
+    """With a Flusher, the packets of one bus wake-up go to the viewers as one batch when the
+    flusher flushes the hub; without one (tests), each packet goes at once."""
+
+    def __init__(self, key: StreamKey, mux: Mux, flusher: Flusher | None = None) -> None:
         self.key = key
         self.mux = mux
+        self.flusher = flusher
         self.viewers: set[Viewer] = set()
+        self._waiting: set[Viewer] = set()  # not started: they start at the next sync point
+        self._batch: list[Callable[[Hashable], bytes]] = []  # makes an item's bytes per variant
+        self._flags: list[int] = []  # PLAIN, SYNC or CONTROL, per batch item
         self.cache = GopCache()
         self.live = False  # a publisher is on and the hub can start viewers
         self._offset = 0  # ms added to every timestamp of the current session
@@ -63,6 +72,7 @@ class StreamHub:
     # -- FeedSink ------------------------------------------------------------------------------
 
     def on_session(self) -> None:
+        self.flush()
         had = self.cache.gop or self.cache.video_config or self.cache.audio_config
         self.cache = GopCache()
         self._rebase = bool(had) or self._last_dts > 0
@@ -72,22 +82,22 @@ class StreamHub:
         for viewer in self.viewers:
             # Even without an END (lost, or the owner died), a new publisher means new
             # headers: every viewer starts again at the new session's first keyframe.
-            viewer.started = False
+            self._unstart(viewer)
 
     def on_discontinuity(self) -> None:
         self._resync = True
         self.cache.gop.clear()
 
     def on_end(self) -> None:
+        self.flush()  # what came before the end goes before the goodbye
         self.live = False
         for viewer in list(self.viewers):
             goodbye = viewer.handler.ended()
             if goodbye is None:
-                viewer.queue.close()
-                self.viewers.discard(viewer)
+                self.remove(viewer)
             else:
                 viewer.queue.push_control(goodbye)
-                viewer.started = False  # starts again at the next publisher's keyframe
+                self._unstart(viewer)  # starts again at the next publisher's keyframe
 
     def on_packet(self, pkt: MediaPacket) -> None:
         pkt = self._retime(pkt)
@@ -117,32 +127,63 @@ class StreamHub:
 
     def _fan_out(self, make: Callable[[Hashable], bytes], *, sync: bool, urgent: bool = True,
                  control: bool = False) -> None:
-        """Queue bytes to every started viewer, built once per variant by `make`; a viewer
-        waiting for a start point starts at a sync point instead."""
-        by_variant: dict[Hashable, bytes] = {}
+        """Add an item to the batch (its bytes are built once per variant, at flush time); a
+        viewer waiting for a start point starts at a sync point instead."""
+        self._batch.append(make)
+        self._flags.append(CONTROL if control else SYNC if sync else PLAIN)
+        if sync and self._waiting:
+            for viewer in list(self._waiting):
+                self._start(viewer)
+        if self.flusher is None:
+            self.flush()
+        else:
+            self.flusher.mark(self, urgent)
+
+    def flush(self) -> None:
+        """Hand the batch to every started viewer: one list of shared bytes per variant."""
+        batch, flags = self._batch, self._flags
+        if not batch:
+            return
+        self._batch, self._flags = [], []
+        by_variant: dict[Hashable, tuple[list[bytes], int]] = {}
         for viewer in self.viewers:
             if not viewer.started:
-                if sync:
-                    self._start(viewer)
                 continue
-            data = by_variant.get(viewer.variant)
-            if data is None:
-                data = by_variant[viewer.variant] = make(viewer.variant)
-            if control:
-                viewer.queue.push_control(data)
+            made = by_variant.get(viewer.variant)
+            if made is None:
+                items = [make(viewer.variant) for make in batch]
+                made = by_variant[viewer.variant] = (items, sum(map(len, items)))
+            skip = viewer.skip
+            if skip:  # it started in the middle of this batch, with what came before
+                viewer.skip = 0
+                items = made[0][skip:]
+                if items:
+                    viewer.queue.deliver(items, flags[skip:], sum(map(len, items)))
             else:
-                viewer.queue.push(data, sync=sync, urgent=urgent)
+                viewer.queue.deliver(made[0], flags, made[1])
 
     # -- viewers -------------------------------------------------------------------------------
 
     def add(self, viewer: Viewer) -> None:
         self.viewers.add(viewer)
+        self._unstart(viewer)
         if self.live:
             self._start(viewer)
 
     def remove(self, viewer: Viewer) -> None:
         self.viewers.discard(viewer)
+        self._waiting.discard(viewer)
         viewer.queue.close()
+
+    def _unstart(self, viewer: Viewer) -> None:
+        viewer.started = False
+        self._waiting.add(viewer)
+
+    def _started(self, viewer: Viewer) -> None:
+        """The viewer's start went into its queue: the batch so far is not for it."""
+        viewer.started = True
+        viewer.skip = len(self._batch)
+        self._waiting.discard(viewer)
 
     def counts(self) -> dict[str, int]:
         out: dict[str, int] = {}
@@ -160,7 +201,7 @@ class StreamHub:
         parts = [head] if head else []
         parts += [self.mux(p, viewer.variant) for p in snapshot]
         viewer.queue.push_control(b"".join(parts))
-        viewer.started = True
+        self._started(viewer)
 
     def _check_live(self) -> None:
         """Go live once the tracks a viewer's header must announce are known."""
@@ -177,9 +218,8 @@ class StreamHub:
             return
         self.live = True
         self._went_live()
-        for viewer in self.viewers:
-            if not viewer.started:
-                self._start(viewer)
+        for viewer in list(self._waiting):
+            self._start(viewer)
 
     def _went_live(self) -> None:
         """The track set is known (a hook for muxers that need it before the first packet)."""

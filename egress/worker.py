@@ -80,7 +80,8 @@ async def serve_egress(cfg: Config, name: str, listener: socket.socket,
     publisher = BusPublisher(ctx, frontend, hwm=cfg.bus.hwm)  # control messages only
     flv_muxer = FlvMuxer()  # one per worker: the tag of a packet is built once
     consumer = Consumer(ctx, subscriber, {
-        "flv": lambda key: StreamHub(key, flv_muxer), "mp4": Fmp4Hub})
+        "flv": lambda key: StreamHub(key, flv_muxer, flusher),
+        "mp4": lambda key: Fmp4Hub(key, flusher)})
     server = EgressServer(cfg, consumer, flusher)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(subscriber.serve)

@@ -103,7 +103,8 @@ class IngestWorker:
             assert isinstance(stream_id, int)
             return media_message_bytes(pkt, stream_id, cfg.rtmp.chunk_size_bytes, encoder)
 
-        self.consumer = Consumer(ctx, self.subscriber, {"rtmp": lambda key: StreamHub(key, mux)})
+        self.consumer = Consumer(ctx, self.subscriber, {
+            "rtmp": lambda key: StreamHub(key, mux, self.flusher)})
         self.stats: dict[StreamKey, StreamStats] = {}
 
     # -- publishing ----------------------------------------------------------------------------

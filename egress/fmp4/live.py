@@ -17,6 +17,7 @@ from egress.fmp4.fragmenter import Fmp4Fragmenter, Fragment, InitSegment, Mp4Wri
 if TYPE_CHECKING:
     from collections.abc import Hashable
 
+    from broker.fanout import Flusher
     from broker.hub import Viewer
     from broker.packet import MediaPacket, StreamKey
 
@@ -41,8 +42,8 @@ class Fmp4Handler:
 
 
 class Fmp4Hub(StreamHub):
-    def __init__(self, key: StreamKey) -> None:
-        super().__init__(key, _no_packet_mux)
+    def __init__(self, key: StreamKey, flusher: Flusher | None = None) -> None:
+        super().__init__(key, _no_packet_mux, flusher)
         self.fragmenter: Fmp4Fragmenter | None = None
         self.init: bytes | None = None
         self.fragments: list[Fragment] = []  # since the last keyframe fragment
@@ -70,10 +71,11 @@ class Fmp4Hub(StreamHub):
             return  # e.g. a codec fMP4 cannot carry yet: FLV outputs still work
         for event in events:
             if isinstance(event, InitSegment):
+                self.flush()  # the old init's fragments go first
                 self.init = event.data
                 self.fragments.clear()
                 for viewer in self.viewers:
-                    viewer.started = False  # a new init (new resolution): restart on it
+                    self._unstart(viewer)  # a new init (new resolution): restart on it
             else:
                 self._push(event)
 
@@ -95,7 +97,7 @@ class Fmp4Hub(StreamHub):
         parts = [_frame(viewer.variant, self.init)]
         parts += [_frame(viewer.variant, f.data) for f in self.fragments]
         viewer.queue.push_control(b"".join(parts))
-        viewer.started = True
+        self._started(viewer)
 
 
 def _frame(variant: Hashable, data: bytes) -> bytes:

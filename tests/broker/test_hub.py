@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from broker import hub as hub_module
-from broker.fanout import ViewerQueue
+from broker.fanout import Flusher, ViewerQueue
 from broker.hub import StreamHub, Viewer
 from broker.packet import Codec, MediaPacket, StreamKey, TrackKind
 
@@ -504,3 +504,108 @@ async def test_republish_with_another_timescale_continues_40ms_later() -> None:
     late = viewer()
     hub.add(late)
     assert (await take(late))[3:] == ["xv0@2000", "xv1@2040", "xv2@2080"]
+
+
+# --- batches: with a Flusher, one wake-up's packets go to every viewer at once ---------------
+
+
+def batched_hub() -> tuple[StreamHub, Flusher]:
+    flusher = Flusher()
+    hub = StreamHub(KEY, mux, flusher)
+    hub.on_session()
+    return hub, flusher
+
+
+async def test_a_batch_goes_out_on_flush_as_one_shared_list() -> None:
+    hub, flusher = batched_hub()
+    a, b = viewer(), viewer()
+    hub.add(a)
+    hub.add(b)
+    feed(hub, HEAD)
+    feed(hub, av_frames(range(2)))  # goes live: both start at v0
+    flusher.flush()
+    assert await take(a) == ["HDR", *map(tok, HEAD), *map(tok, av_frames(range(2)))]
+    await take(b)
+    batch = av_frames(range(2, 5))
+    feed(hub, batch)
+    assert await take(a) == []  # nothing before the flush
+    assert hub in flusher.dirty
+    flusher.flush()
+    assert await take(a) == await take(b) == list(map(tok, batch))
+    assert flusher.dirty == set()
+
+
+async def test_audio_alone_waits_for_video_in_the_batch() -> None:
+    hub, flusher = batched_hub()
+    v = viewer()
+    hub.add(v)
+    feed(hub, [*HEAD, *av_frames(range(1))])
+    flusher.flush()
+    await take(v)
+    feed(hub, [af(1)])  # audio of a stream with video may wait for the next video frame
+    flusher.flush()
+    assert await take(v) == []
+    assert hub in flusher.deferred
+    feed(hub, [vf(2)])
+    flusher.flush()
+    assert await take(v) == [tok(af(0)), tok(af(1)), tok(vf(2))]
+    assert not flusher.deferred
+
+
+async def test_a_viewer_starting_mid_batch_gets_only_what_follows_its_start() -> None:
+    hub, flusher = batched_hub()
+    early = viewer()
+    hub.add(early)
+    feed(hub, [*HEAD, *av_frames(range(3))])
+    flusher.flush()
+    await take(early)
+    feed(hub, av_frames(range(3, 5)))
+    late = viewer()
+    hub.add(late)  # mid-batch: its start (the cached GOP) already holds frames 0-4
+    feed(hub, av_frames(range(5, 7)))
+    flusher.flush()
+    assert await take(early) == list(map(tok, av_frames(range(3, 7))))
+    assert await take(late) == ["HDR", *map(tok, HEAD), *map(tok, av_frames(range(7))[:10]),
+                                *map(tok, av_frames(range(5, 7)))]
+
+
+async def test_a_waiting_viewer_starts_at_a_keyframe_inside_a_batch() -> None:
+    hub, flusher = batched_hub()
+    feed(hub, [*HEAD, *av_frames(range(3))])
+    flusher.flush()
+    hub.on_discontinuity()  # nothing cached to start on
+    v = viewer()
+    hub.add(v)
+    assert not v.started
+    feed(hub, av_frames(range(10, 13)))  # v10 is a keyframe: the start holds it
+    flusher.flush()
+    assert await take(v) == ["HDR", *map(tok, HEAD), *map(tok, av_frames(range(10, 13)))]
+
+
+async def test_the_end_goes_after_the_batch_before_it() -> None:
+    hub, flusher = batched_hub()
+    v = viewer(handler=Handler(goodbye=b"BYE;"))
+    hub.add(v)
+    feed(hub, [*HEAD, *av_frames(range(2))])
+    flusher.flush()
+    await take(v)
+    feed(hub, av_frames(range(2, 4)))
+    hub.on_end()
+    assert await take(v) == [*map(tok, av_frames(range(2, 4))), "BYE"]
+
+
+async def test_a_lagging_viewer_gets_the_batch_under_the_drop_policy() -> None:
+    hub, flusher = batched_hub()
+    slow, fast = viewer(4), viewer(100)
+    hub.add(slow)
+    hub.add(fast)
+    feed(hub, [*HEAD, *av_frames(range(1))])
+    flusher.flush()
+    feed(hub, av_frames(range(1, 12)))  # keyframe at 10
+    flusher.flush()  # a0 (it waited for video) and the 22 frames after it, in one batch
+    # The slow viewer never read: its start and 3 frames fill its 4 slots; the rest was
+    # dropped, since no sync point came while it had room.
+    assert slow.queue.dropped == 23 - 3
+    assert is_skipping(slow)
+    assert fast.queue.dropped == 0
+    assert len(await take(fast)) == 5 + 23

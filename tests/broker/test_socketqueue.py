@@ -586,3 +586,81 @@ async def test_audio_waits_for_the_next_urgent_frame_or_the_deadline() -> None:
         flusher.flush()  # the next bus wake-up, whatever it carried
         assert b.recv(100) == b"audio2"
         assert not flusher.deferred
+
+
+# -- deliver: a hub's batch of shared bytes ----------------------------------------------------
+
+def test_deliver_sends_the_shared_list_with_one_call(
+        pair: tuple[CountingSocket, socket.socket]) -> None:
+    sender, receiver = pair
+    flusher = Flusher()
+    q = SocketQueue(sender, 8, flusher)
+    items = [b"video", b"audio"]
+    q.deliver(items, [fanout.SYNC, fanout.PLAIN], 10)
+    assert sender.calls == ["sendmsg"]
+    assert read_now(receiver) == b"videoaudio"
+    q.deliver([b"one"], [fanout.PLAIN], 3)
+    assert sender.calls == ["sendmsg", "send"]
+    assert read_now(receiver) == b"one"
+    assert q.bytes_out == 13
+    assert not q._items
+    assert flusher.dirty == set()  # nothing left over to flush
+
+
+async def test_deliver_keeps_what_the_kernel_did_not_take_for_the_writer(
+        small_pair: tuple[CountingSocket, socket.socket]) -> None:
+    sender, receiver = small_pair
+    q = SocketQueue(sender, 2, Flusher())
+    items = [frame(i, BIG_FRAME // 2) for i in range(4)]
+    q.deliver(items, [fanout.SYNC] + [fanout.PLAIN] * 3, sum(map(len, items)))
+    assert q._blocked
+    assert 0 < q.bytes_out < BIG_FRAME
+    # The rest waits whole, past the capacity (it was accepted as one batch), without a copy.
+    assert sum(map(len, q._items)) == 2 * BIG_FRAME - q.bytes_out
+    assert isinstance(q._items[0], memoryview)
+    assert q._items[-1] is items[-1]
+    q.close()
+    received = bytearray()
+    with trio.fail_after(WAIT_S):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(read_to_eof, receiver, received)
+            nursery.start_soon(writer_then_eof, q)
+    assert received == b"".join(items)
+
+
+async def test_deliver_to_a_lagging_queue_applies_the_drop_policy(
+        small_pair: tuple[CountingSocket, socket.socket]) -> None:
+    sender, receiver = small_pair
+    flusher = Flusher()
+    q = SocketQueue(sender, 3, flusher)
+    f0 = fill_until_blocked(q, flusher)
+    batch = [b"p1", b"p2", b"p3", b"CTL", b"key", b"p4"]
+    flags = [fanout.PLAIN, fanout.PLAIN, fanout.PLAIN, fanout.CONTROL, fanout.SYNC,
+             fanout.PLAIN]
+    q.deliver(batch, flags, sum(map(len, batch)))
+    # Room for two behind the blocked remainder; p3 starts the skip; the control goes anyway;
+    # the keyframe finds no room either.
+    assert [bytes(i) for i in list(q._items)[1:]] == [b"p1", b"p2", b"CTL"]
+    assert (q.skipping, q.dropped) == (True, 3)
+    q.close()
+    received = bytearray()
+    with trio.fail_after(WAIT_S):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(read_to_eof, receiver, received)
+            nursery.start_soon(writer_then_eof, q)
+    assert received == f0 + b"p1p2CTL"
+
+
+def test_deliver_after_close_or_an_error_sends_nothing(
+        pair: tuple[CountingSocket, socket.socket]) -> None:
+    sender, receiver = pair
+    q = SocketQueue(sender, 8, Flusher())
+    q.close()
+    q.deliver([b"late"], [fanout.SYNC], 4)
+    assert sender.calls == []
+    q2 = SocketQueue(sender, 8, Flusher())
+    receiver.close()
+    q2.deliver([b"gone"], [fanout.SYNC], 4)
+    assert isinstance(q2.error, BrokenPipeError)
+    q2.deliver([b"more"], [fanout.SYNC], 4)
+    assert sender.calls == ["send"]
