@@ -36,14 +36,29 @@ MAX_RESTART_DELAY_S = 5.0  # ... unless it keeps crashing at start-up
 STOP_GRACE_S = 4.0  # SIGTERM, then SIGKILL: every child is gone within 5 s
 
 
-def bind_tcp(listen: Listen) -> socket.socket:
+def bind_tcp(listen: Listen, *, reuse_port: bool = False) -> socket.socket:
     family = socket.AF_INET6 if ":" in listen.host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.bind((listen.host, listen.port))
     sock.listen(1024)
     sock.setblocking(False)
     return sock
+
+
+def bind_group(listen: Listen, count: int) -> list[socket.socket]:
+    """One listening socket per worker on the same port (SO_REUSEPORT).
+
+    The kernel spreads new connections evenly over the sockets; with one shared accept queue,
+    the worker that wakes first takes a whole burst of connections. A restarted worker gets
+    its predecessor's socket back, with the connections that waited in it meanwhile.
+    """
+    first = bind_tcp(listen, reuse_port=True)
+    port = first.getsockname()[1]  # the one the OS chose, if listen.port is 0
+    return [first] + [bind_tcp(Listen(listen.host, port), reuse_port=True)
+                      for _ in range(count - 1)]
 
 
 def sd_notify(state: str) -> None:
@@ -77,7 +92,7 @@ class Supervisor:
         self.cfg = cfg
         self.raw_json = json.dumps(raw).encode()
         self.workers: list[Worker] = []
-        self.sockets: dict[str, socket.socket] = {}
+        self.sockets: list[socket.socket] = []
         self.directory = StreamDirectory()
         self.viewers: dict[str, tuple[float, dict[str, dict[str, int]]]] = {}
         self.stopping = False
@@ -86,13 +101,13 @@ class Supervisor:
     def plan(self) -> None:
         cores = os.cpu_count() or 1
         srv = self.cfg.server
-        self.sockets["rtmp"] = bind_tcp(self.cfg.rtmp.listen)
-        self.sockets["http"] = bind_tcp(self.cfg.http.listen)
         self.workers.append(Worker("broker", "broker", []))
-        for i in range(srv.ingest_workers or cores):
-            self.workers.append(Worker("ingest", f"ingest-{i}", [self.sockets["rtmp"].fileno()]))
-        for i in range(srv.egress_workers or cores):
-            self.workers.append(Worker("egress", f"egress-{i}", [self.sockets["http"].fileno()]))
+        for role, listen, count in (("ingest", self.cfg.rtmp.listen, srv.ingest_workers),
+                                    ("egress", self.cfg.http.listen, srv.egress_workers)):
+            group = bind_group(listen, count or cores)
+            self.sockets += group
+            self.workers += [Worker(role, f"{role}-{i}", [sock.fileno()])
+                             for i, sock in enumerate(group)]
 
     async def run_worker(self, worker: Worker) -> None:
         delay = RESTART_DELAY_S
@@ -208,7 +223,7 @@ class Supervisor:
                 nursery.cancel_scope.cancel()
         finally:
             ctx.destroy(linger=0)
-            for sock in self.sockets.values():
+            for sock in self.sockets:
                 sock.close()
 
 
