@@ -39,7 +39,7 @@ class _Watched:
 
         def handler(frames: list[bytes]) -> None:
             try:
-                wp = wire.decode(frames)
+                wp = wire.decode(frames, hub.key)
             except wire.WireError as exc:
                 logger.warning("dropped a bad bus message for %s: %s", hub.key, exc)
                 return

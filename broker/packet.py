@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 DEFAULT_INSTANCE = "_definst_"
 
@@ -35,15 +35,16 @@ class StreamKey:
     app: str
     instance: str
     name: str
+    # The bus topic, made once (every packet carries it). The NUL ends the key so that a
+    # subscription to "live/_definst_/a" (ZeroMQ matches prefixes) does not also receive
+    # "live/_definst_/ab".
+    topic: bytes = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "topic", str(self).encode() + b"\x00")
 
     def __str__(self) -> str:
         return f"{self.app}/{self.instance}/{self.name}"
-
-    @property
-    def topic(self) -> bytes:
-        # The NUL ends the key so that a subscription to "live/_definst_/a" (ZeroMQ matches
-        # prefixes) does not also receive "live/_definst_/ab".
-        return str(self).encode() + b"\x00"
 
     @classmethod
     def from_topic(cls, topic: bytes) -> StreamKey:

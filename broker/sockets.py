@@ -57,17 +57,21 @@ async def receive_some(sock: socket.socket, max_bytes: int) -> bytes:
     """Await data (b"" at EOF); raises trio.BrokenResourceError if the peer reset.
 
     It reads first and waits only when nothing is there: under load the data usually is, and
-    a wait costs an epoll registration and a trip through the scheduler.
+    a wait costs an epoll registration and a trip through the scheduler. Either way it passes
+    through the scheduler once (the wait, or a checkpoint), so a busy peer starves nobody.
     """
+    waited = False
     while True:
         try:
             data = sock.recv(max_bytes)
         except BlockingIOError:
             await trio.lowlevel.wait_readable(sock)
+            waited = True
             continue
         except OSError as exc:
             raise trio.BrokenResourceError(str(exc)) from exc
-        await trio.lowlevel.checkpoint()  # let others run: a busy peer must not starve them
+        if not waited:
+            await trio.lowlevel.checkpoint()
         return data
 
 

@@ -59,13 +59,18 @@ def encode_mark(stream: StreamKey, mark: Mark, *, seq: int, session: int) -> lis
     return [stream.topic, header, b""]
 
 
-def decode(frames: list[bytes]) -> WirePacket:
-    """Decode one media/marker message; anything malformed raises WireError only."""
+def decode(frames: list[bytes], stream: StreamKey | None = None) -> WirePacket:
+    """Decode one media/marker message; anything malformed raises WireError only.
+
+    `stream` is the key whose topic frames[0] is known to be (a subscriber's handler knows
+    it), which spares parsing the topic of every packet.
+    """
     if len(frames) != 3:
         raise WireError(f"expected 3 frames, got {len(frames)}")
     topic, header, payload = frames
     try:
-        stream = StreamKey.from_topic(topic)
+        if stream is None or stream.topic != topic:
+            stream = StreamKey.from_topic(topic)
         fields: Any = msgpack.unpackb(header)
     except (ValueError, UnicodeDecodeError, msgpack.UnpackException) as exc:
         raise WireError(f"bad header: {exc}") from exc

@@ -8,6 +8,7 @@ the socket. One writer per socket keeps RTMP messages whole and in order.
 from __future__ import annotations
 
 import logging
+import math
 from typing import TYPE_CHECKING
 
 import trio
@@ -28,6 +29,9 @@ logger = logging.getLogger(__name__)
 
 MAX_RECV = 65536
 HANDSHAKE_TIMEOUT_S = 10.0
+# An idle or handshake timeout may fire up to this fraction of itself early: its deadline
+# moves by steps, not on every read.
+DEADLINE_SLACK = 0.02
 
 
 class _Log(logging.LoggerAdapter[logging.Logger]):
@@ -98,10 +102,14 @@ class RtmpConnectionHandler:
                 if self.conn.state is s.State.HANDSHAKE:
                     timeout = HANDSHAKE_TIMEOUT_S
                 elif self.play is not None and not self.conn.publishing:
-                    timeout = float("inf")  # a player may stay silent: its data flows out
+                    timeout = math.inf  # a player may stay silent: its data flows out
                 else:
                     timeout = cfg.idle_timeout_s
-                idle.deadline = trio.current_time() + timeout
+                deadline = trio.current_time() + timeout
+                # Moving a deadline re-sorts the scheduler's timers: not for every read.
+                slack = DEADLINE_SLACK * timeout if timeout < math.inf else 0.0
+                if idle.deadline > deadline or idle.deadline < deadline - slack:
+                    idle.deadline = deadline
                 data = await receive_some(self.sock, MAX_RECV)
                 if not data:
                     self.log.info("closed by peer")

@@ -100,6 +100,18 @@ def test_media_round_trip(pkt: MediaPacket, seq: int, session: int) -> None:
 
 
 @WIRE_SETTINGS
+@given(pkt=media_packets, other=stream_keys)
+def test_decode_with_the_known_key_checks_it_against_the_topic(pkt: MediaPacket,
+                                                                other: StreamKey) -> None:
+    frames = wire.encode(pkt, seq=1, session=2)
+    wp = wire.decode(frames, pkt.stream)
+    assert wp.packet == pkt
+    assert wp.stream is pkt.stream  # taken as it is, not parsed again
+    # A key whose topic is not the frame's is not trusted: the topic decides.
+    assert wire.decode(frames, other).stream == pkt.stream
+
+
+@WIRE_SETTINGS
 @given(stream=stream_keys, seq=seqs, session=sessions)
 def test_end_marker_round_trip(stream: StreamKey, seq: int, session: int) -> None:
     frames = wire.encode_mark(stream, wire.Mark.END, seq=seq, session=session)
