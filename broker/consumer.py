@@ -37,9 +37,9 @@ class _Watched:
         self.joining = False
         self.idle_since: float | None = None
 
-        def handler(frames: list[bytes]) -> None:
+        def handler(frame: bytes) -> None:
             try:
-                wp = wire.decode(frames, hub.key)
+                wp = wire.decode(frame, hub.key)
             except wire.WireError as exc:
                 logger.warning("dropped a bad bus message for %s: %s", hub.key, exc)
                 return
@@ -155,9 +155,9 @@ class Consumer:
             watched.joining = False
         self._notify()
 
-    def _on_control(self, frames: list[bytes]) -> None:
+    def _on_control(self, frame: bytes) -> None:
         try:
-            body = wire.decode_control(frames)
+            body = wire.decode_control(frame)
         except wire.WireError:
             return
         key = self.directory.on_control(body, trio.current_time())

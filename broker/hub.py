@@ -7,7 +7,6 @@ with the metadata and sequence headers first.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Hashable
 from typing import TYPE_CHECKING, Protocol
 
@@ -251,7 +250,7 @@ class StreamHub:
             pts = max(pts, dts)
         if dts == pkt.dts and pts == pkt.pts:
             return pkt
-        return dataclasses.replace(pkt, dts=dts, pts=pts)
+        return pkt.retimed(dts, pts)
 
 
 def _mentions_video(amf_payload: bytes) -> bool:

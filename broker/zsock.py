@@ -23,11 +23,14 @@ from broker.packet import MediaPacket, StreamKey
 
 logger = logging.getLogger(__name__)
 
+# pyzmq's constants are enum.Flag members, whose operators run in Python: the hot paths
+# (every packet) use their plain int values.
+_NOBLOCK, _EVENTS, _POLLIN = int(zmq.NOBLOCK), int(zmq.EVENTS), int(zmq.POLLIN)
 # Safety net against a missed edge: the owner re-checks ZMQ_EVENTS at least this often.
 EDGE_SAFETY_S = 0.5
 SNAPSHOT_TIMEOUT_S = 2.0
 
-FrameHandler = Callable[[list[bytes]], None]
+FrameHandler = Callable[[bytes], None]
 
 
 def bus_endpoints(run_dir: str) -> tuple[str, str]:
@@ -106,10 +109,10 @@ class BusPublisher:
     def send_control(self, kind: str, body: dict[str, object]) -> None:
         self._send(wire.encode_control(kind, body))
 
-    def _send(self, frames: list[bytes]) -> None:
+    def _send(self, frame: bytes) -> None:
         # PUB does not raise at its HWM; a full pipe to the proxy is the same silent drop.
         with contextlib.suppress(zmq.Again):
-            self._sock.send_multipart(frames, zmq.NOBLOCK)
+            self._sock.send(frame, _NOBLOCK)
 
     def close(self) -> None:
         self._sock.close(linger=0)
@@ -148,13 +151,13 @@ class BusSubscriber:
         sock = self._sock
         try:
             while True:
-                while cast("int", sock.get(zmq.EVENTS)) & zmq.POLLIN:
+                while cast("int", sock.get(_EVENTS)) & _POLLIN:
                     try:
-                        frames = sock.recv_multipart(zmq.NOBLOCK)
+                        frame = sock.recv(_NOBLOCK)
                     except zmq.Again:
                         break
-                    for handler in tuple(self._handlers.get(frames[0], ())):
-                        handler(frames)
+                    for handler in tuple(self._handlers.get(wire.topic_of(frame), ())):
+                        handler(frame)
                 if self._on_drained is not None:
                     self._on_drained()
                 with trio.CancelScope() as self._wake, trio.move_on_after(EDGE_SAFETY_S):

@@ -154,9 +154,9 @@ class Supervisor:
 
     # -- status --------------------------------------------------------------------------------
 
-    def _on_control(self, frames: list[bytes]) -> None:
+    def _on_control(self, frame: bytes) -> None:
         try:
-            body = wire.decode_control(frames)
+            body = wire.decode_control(frame)
         except wire.WireError:
             return
         now = trio.current_time()

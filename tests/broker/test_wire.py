@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 from typing import Any
 
 import msgpack
@@ -19,16 +18,12 @@ WIRE_SETTINGS = settings(deadline=None, max_examples=100,
 
 # --- strategies ------------------------------------------------------------------------------
 
-# A key part: non-empty, no "/" (the separator), no surrogates (not UTF-8 encodable).
+# A key part: non-empty, no "/" (the separator), no NUL (it ends the topic), no surrogates
+# (not UTF-8 encodable).
 key_parts = st.text(
-    alphabet=st.characters(exclude_characters="/", exclude_categories=["Cs"]),
-    min_size=1, max_size=16)
-# The same without NUL: what ingest's stream_key() lets onto the bus.
-clean_key_parts = st.text(
     alphabet=st.characters(exclude_characters="/\x00", exclude_categories=["Cs"]),
     min_size=1, max_size=16)
 stream_keys = st.builds(StreamKey, key_parts, key_parts, key_parts)
-clean_stream_keys = st.builds(StreamKey, clean_key_parts, clean_key_parts, clean_key_parts)
 
 timestamps = st.integers(min_value=-(2**62), max_value=2**62)
 seqs = st.integers(min_value=0, max_value=2**62)
@@ -66,7 +61,7 @@ def _packb(value: object) -> bytes:
 # Frames that look plausible enough to get past the first checks of each decoder.
 header_like = st.lists(st.integers(-3, 20) | st.integers(-(2**63), 2**64 - 1) | msgpack_scalars,
                        min_size=0, max_size=11).map(_packb)
-fuzz_frames = st.one_of(
+fuzz_parts = st.one_of(
     st.binary(max_size=64),
     stream_keys.map(lambda k: k.topic),
     st.just(wire.CONTROL_TOPIC),
@@ -77,7 +72,27 @@ fuzz_frames = st.one_of(
     st.builds(lambda ints: _packb([wire.WIRE_VERSION, *ints]),
               st.lists(st.integers(-2, 20), min_size=9, max_size=9)),
 )
-frame_lists = st.lists(fuzz_frames, min_size=0, max_size=4)
+frame_lists = st.lists(fuzz_parts, min_size=0, max_size=4)
+
+
+def _with_length(header: bytes) -> bytes:
+    return bytes([len(header) % 256]) + header
+
+
+# One frame: plausible parts glued together, sometimes with a header length byte before a part.
+fuzz_frames = st.lists(st.one_of(fuzz_parts, fuzz_parts.map(_with_length)),
+                       max_size=4).map(b"".join)
+
+
+def split(frame: bytes) -> tuple[bytes, bytes, bytes]:
+    """(topic, header, payload) of an encoded frame."""
+    topic = wire.topic_of(frame)
+    end = len(topic) + 1 + frame[len(topic)]
+    return topic, frame[len(topic) + 1:end], frame[end:]
+
+
+def join(topic: bytes, header: bytes, payload: bytes) -> bytes:
+    return topic + _with_length(header) + payload
 
 
 # --- media and marker round-trips ------------------------------------------------------------
@@ -86,11 +101,11 @@ frame_lists = st.lists(fuzz_frames, min_size=0, max_size=4)
 @WIRE_SETTINGS
 @given(pkt=media_packets, seq=seqs, session=sessions)
 def test_media_round_trip(pkt: MediaPacket, seq: int, session: int) -> None:
-    frames = wire.encode(pkt, seq=seq, session=session)
-    assert len(frames) == 3
-    assert frames[0] == pkt.stream.topic
-    assert frames[2] == pkt.payload  # the payload is its own frame, never re-encoded
-    wp = wire.decode(frames)
+    frame = wire.encode(pkt, seq=seq, session=session)
+    topic, _, payload = split(frame)
+    assert topic == pkt.stream.topic
+    assert payload == pkt.payload  # the payload goes as it is, never re-encoded
+    wp = wire.decode(frame)
     assert wp == wire.WirePacket(pkt.stream, seq, session, wire.Mark.MEDIA, pkt)
     assert wp.packet is not None
     # Narrowed to the enums, not merely equal ints.
@@ -103,27 +118,29 @@ def test_media_round_trip(pkt: MediaPacket, seq: int, session: int) -> None:
 @given(pkt=media_packets, other=stream_keys)
 def test_decode_with_the_known_key_checks_it_against_the_topic(pkt: MediaPacket,
                                                                 other: StreamKey) -> None:
-    frames = wire.encode(pkt, seq=1, session=2)
-    wp = wire.decode(frames, pkt.stream)
+    frame = wire.encode(pkt, seq=1, session=2)
+    wp = wire.decode(frame, pkt.stream)
     assert wp.packet == pkt
     assert wp.stream is pkt.stream  # taken as it is, not parsed again
     # A key whose topic is not the frame's is not trusted: the topic decides.
-    assert wire.decode(frames, other).stream == pkt.stream
+    assert wire.decode(frame, other).stream == pkt.stream
 
 
 @WIRE_SETTINGS
 @given(stream=stream_keys, seq=seqs, session=sessions)
 def test_end_marker_round_trip(stream: StreamKey, seq: int, session: int) -> None:
-    frames = wire.encode_mark(stream, wire.Mark.END, seq=seq, session=session)
-    assert frames[2] == b""
-    assert wire.decode(frames) == wire.WirePacket(stream, seq, session, wire.Mark.END, None)
+    frame = wire.encode_mark(stream, wire.Mark.END, seq=seq, session=session)
+    assert split(frame)[2] == b""
+    assert wire.decode(frame) == wire.WirePacket(stream, seq, session, wire.Mark.END, None)
 
 
 def test_encode_uses_header_array_with_version_first() -> None:
     key = StreamKey("live", "_definst_", "a")
     pkt = MediaPacket(stream=key, kind=TrackKind.VIDEO, codec=Codec.H264, dts=1, pts=2,
                       timescale=1000, keyframe=True, is_config=True, payload=b"x")
-    header = msgpack.unpackb(wire.encode(pkt, seq=5, session=6)[1])
+    frame = wire.encode(pkt, seq=5, session=6)
+    assert frame.startswith(b"live/_definst_/a\x00")
+    header = msgpack.unpackb(split(frame)[1])
     assert header == [wire.WIRE_VERSION, 0, 5, 6, 9, 7, 1, 2, 1000, 3]
 
 
@@ -135,10 +152,18 @@ def test_encode_uses_header_array_with_version_first() -> None:
        packets=st.lists(media_packets, max_size=6))
 def test_snapshot_round_trip(stream: StreamKey, session: int, last_seq: int,
                              packets: list[MediaPacket]) -> None:
-    packets = [dataclasses.replace(p, stream=stream) for p in packets]
+    packets = [p._replace(stream=stream) for p in packets]
     frames = wire.encode_snapshot(stream, session, last_seq, packets)
-    assert len(frames) == 2 + 2 * len(packets)
+    assert len(frames) == 2 + len(packets)  # a head, then one bus frame per packet
     assert wire.decode_snapshot(frames) == wire.Snapshot(stream, session, last_seq, packets)
+
+
+def test_snapshot_packet_of_another_stream_is_wire_error() -> None:
+    key, other = StreamKey("live", "_definst_", "a"), StreamKey("live", "_definst_", "b")
+    pkt = MediaPacket(stream=other, kind=TrackKind.AUDIO, codec=Codec.AAC, dts=0, pts=0,
+                      timescale=1000, keyframe=True, is_config=False, payload=b"a")
+    with pytest.raises(wire.WireError, match="another stream"):
+        wire.decode_snapshot(wire.encode_snapshot(key, 1, 0, [pkt]))
 
 
 @given(stream=stream_keys)
@@ -152,7 +177,7 @@ def test_snapshot_frame_count_mismatch_is_wire_error() -> None:
                       timescale=1000, keyframe=True, is_config=False, payload=b"a")
     frames = wire.encode_snapshot(key, 1, 0, [pkt, pkt])
     with pytest.raises(wire.WireError, match="frame count"):
-        wire.decode_snapshot(frames[:-2])
+        wire.decode_snapshot(frames[:-1])
     with pytest.raises(wire.WireError, match="short"):
         wire.decode_snapshot(frames[:1])
 
@@ -165,33 +190,36 @@ def test_snapshot_frame_count_mismatch_is_wire_error() -> None:
        body=st.dictionaries(st.text(max_size=10).filter(lambda k: k != "kind"),
                             msgpack_values, max_size=6))
 def test_control_round_trip(kind: str, body: dict[str, Any]) -> None:
-    frames = wire.encode_control(kind, body)
-    assert frames[0] == wire.CONTROL_TOPIC
-    assert wire.decode_control(frames) == {"kind": kind, **body}
+    frame = wire.encode_control(kind, body)
+    assert wire.topic_of(frame) == wire.CONTROL_TOPIC
+    assert wire.decode_control(frame) == {"kind": kind, **body}
 
 
-@pytest.mark.parametrize("frames", [
-    [],
-    [wire.CONTROL_TOPIC],
-    [b"live/_definst_/a\x00", _packb({"kind": "stream"})],
-    [wire.CONTROL_TOPIC, _packb({"kind": 3})],
-    [wire.CONTROL_TOPIC, _packb(["kind", "stream"])],
-    [wire.CONTROL_TOPIC, b"\xc1"],
-    [wire.CONTROL_TOPIC, _packb({"kind": "x"}), b""],
+@pytest.mark.parametrize("frame", [
+    b"",
+    wire.CONTROL_TOPIC,
+    b"live/_definst_/a\x00" + _packb({"kind": "stream"}),
+    wire.CONTROL_TOPIC + _packb({"kind": 3}),
+    wire.CONTROL_TOPIC + _packb(["kind", "stream"]),
+    wire.CONTROL_TOPIC + b"\xc1",
+    wire.CONTROL_TOPIC + _packb({"kind": "x"}) + b"\x00",
 ])
-def test_bad_control_is_wire_error(frames: list[bytes]) -> None:
+def test_bad_control_is_wire_error(frame: bytes) -> None:
     with pytest.raises(wire.WireError):
-        wire.decode_control(frames)
+        wire.decode_control(frame)
 
 
 # --- malformed input raises WireError only ---------------------------------------------------
 
 
 @WIRE_SETTINGS
-@given(frames=frame_lists)
-def test_decode_arbitrary_frames_raises_only_wire_error(frames: list[bytes]) -> None:
+@given(frame=fuzz_frames, key=stream_keys)
+def test_decode_arbitrary_frames_raises_only_wire_error(frame: bytes, key: StreamKey) -> None:
+    for known in (None, key):
+        with contextlib.suppress(wire.WireError):
+            assert isinstance(wire.decode(key.topic + frame, known), wire.WirePacket)
     try:
-        wp = wire.decode(frames)
+        wp = wire.decode(frame)
     except wire.WireError:
         return
     assert isinstance(wp, wire.WirePacket)
@@ -208,10 +236,10 @@ def test_decode_snapshot_arbitrary_frames_raises_only_wire_error(frames: list[by
 
 
 @WIRE_SETTINGS
-@given(frames=frame_lists)
-def test_decode_control_arbitrary_frames_raises_only_wire_error(frames: list[bytes]) -> None:
+@given(frame=fuzz_frames)
+def test_decode_control_arbitrary_frames_raises_only_wire_error(frame: bytes) -> None:
     try:
-        body = wire.decode_control(frames)
+        body = wire.decode_control(frame)
     except wire.WireError:
         return
     assert isinstance(body, dict)
@@ -222,40 +250,55 @@ def test_decode_control_arbitrary_frames_raises_only_wire_error(frames: list[byt
 @given(pkt=media_packets, index=st.integers(0, 200), byte=st.integers(0, 255))
 def test_corrupted_header_raises_only_wire_error(pkt: MediaPacket, index: int,
                                                  byte: int) -> None:
-    topic, header, payload = wire.encode(pkt, seq=1, session=2)
+    frame = wire.encode(pkt, seq=1, session=2)
+    topic, header, payload = split(frame)
     mutated = bytearray(header)
     mutated[index % len(mutated)] = byte
-    for frames in ([topic, bytes(mutated), payload], [topic, header[: index % len(header)],
-                                                      payload]):
+    truncated = frame[: index % len(frame)]
+    corrupted = bytearray(frame)
+    corrupted[index % len(frame)] = byte
+    for bad in (join(topic, bytes(mutated), payload), join(topic, header[: index % len(header)],
+                                                           payload), truncated, bytes(corrupted)):
         with contextlib.suppress(wire.WireError):
-            wire.decode(frames)
+            wire.decode(bad)
+            wire.decode(bad, pkt.stream)
 
 
 @pytest.mark.parametrize(("header", "message"), [
-    ([2, 0, 0, 0, 9, 7, 0, 0, 1000, 0], "version"),
-    ([1, 0, 0, 0, 9, 7, 0, 0, 0, 0], "timescale"),
-    ([1, 0, 0, 0, 9, 7, 0, 0, -1, 0], "timescale"),
-    ([1, 0, 0, 0, 10, 7, 0, 0, 1000, 0], "TrackKind"),
-    ([1, 0, 0, 0, 9, 99, 0, 0, 1000, 0], "Codec"),
-    ([1, 7, 0, 0, 9, 7, 0, 0, 1000, 0], "Mark"),
-    ([1, 0, 0, 0, 9, 7, 0, 0, 1000], "10-item"),
-    ([1, 0, 0, 0, 9, 7, 0, 0, 1000, True], "integers"),
-    ([1, 0, 0, 0, 9, 7, 0.0, 0, 1000, 0], "integers"),
+    ([1, 0, 0, 0, 9, 7, 0, 0, 1000, 0], "version"),
+    ([2, 0, 0, 0, 9, 7, 0, 0, 0, 0], "timescale"),
+    ([2, 0, 0, 0, 9, 7, 0, 0, -1, 0], "timescale"),
+    ([2, 0, 0, 0, 10, 7, 0, 0, 1000, 0], "TrackKind"),
+    ([2, 0, 0, 0, 9, 99, 0, 0, 1000, 0], "Codec"),
+    ([2, 7, 0, 0, 9, 7, 0, 0, 1000, 0], "Mark"),
+    ([2, 0, 0, 0, 9, 7, 0, 0, 1000], "10-item"),
+    ([2, 0, 0, 0, 9, 7, 0, 0, 1000, True], "integers"),
+    ([2, 0, 0, 0, 9, 7, 0.0, 0, 1000, 0], "integers"),
     ({"v": 1}, "10-item"),
 ])
 def test_bad_header_messages(header: object, message: str) -> None:
-    frames = [b"live/_definst_/a\x00", _packb(header), b""]
+    frame = join(b"live/_definst_/a\x00", _packb(header), b"")
     with pytest.raises(wire.WireError, match=message):
-        wire.decode(frames)
+        wire.decode(frame)
+
+
+@pytest.mark.parametrize(("frame", "message"), [
+    (b"live/_definst_/a\x00", "no header"),
+    (b"live/_definst_/a\x00\x05\x94", "truncated header"),
+])
+def test_short_frames(frame: bytes, message: str) -> None:
+    for known in (None, StreamKey("live", "_definst_", "a")):
+        with pytest.raises(wire.WireError, match=message):
+            wire.decode(frame, known)
 
 
 @pytest.mark.parametrize("topic", [b"live/_definst_/a", b"live/a\x00", b"\xff/b/c\x00",
                                    wire.CONTROL_TOPIC, b""])
 def test_bad_topic_is_wire_error(topic: bytes) -> None:
     key = StreamKey("live", "_definst_", "a")
-    _, header, payload = wire.encode_mark(key, wire.Mark.END, seq=0, session=0)
+    _, header, payload = split(wire.encode_mark(key, wire.Mark.END, seq=0, session=0))
     with pytest.raises(wire.WireError, match="bad header"):
-        wire.decode([topic, header, payload])
+        wire.decode(join(topic, header, payload))
 
 
 # --- StreamKey -------------------------------------------------------------------------------
@@ -276,7 +319,7 @@ def test_topic_is_not_a_prefix_of_a_longer_name() -> None:
     assert not a.topic.startswith(ab.topic)
 
 
-@given(a=clean_stream_keys, b=clean_stream_keys)
+@given(a=stream_keys, b=stream_keys)
 def test_distinct_topics_are_never_prefixes(a: StreamKey, b: StreamKey) -> None:
     if a != b:
         assert not b.topic.startswith(a.topic)
@@ -306,6 +349,12 @@ def test_from_topic_requires_trailing_nul(topic: bytes) -> None:
 def test_from_topic_rejects_non_keys(topic: bytes) -> None:
     with pytest.raises(ValueError):  # noqa: PT011 - UnicodeDecodeError or the parse error
         StreamKey.from_topic(topic)
+
+
+@pytest.mark.parametrize("parts", [("", "i", "n"), ("a/b", "i", "n"), ("a", "i", "n\x00x")])
+def test_a_key_part_is_never_empty_and_has_no_slash_or_nul(parts: tuple[str, str, str]) -> None:
+    with pytest.raises(ValueError, match="not a stream key part"):
+        StreamKey(*parts)
 
 
 def test_stream_keys_order_and_hash() -> None:
