@@ -48,6 +48,10 @@ class StreamKey:
                 raise ValueError(f"not a stream key part: {part!r}")
         object.__setattr__(self, "topic", str(self).encode() + b"\x00")
 
+    def __hash__(self) -> int:
+        # Keys index per-stream tables on every packet: hash the topic, whose hash bytes cache.
+        return hash(self.topic)
+
     def __str__(self) -> str:
         return f"{self.app}/{self.instance}/{self.name}"
 
