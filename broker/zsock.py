@@ -19,7 +19,7 @@ import zmq
 
 from broker import wire
 from broker.gop import GopCache
-from broker.packet import MediaPacket, StreamKey
+from broker.packet import MediaPacket, StreamKey, TrackKind
 
 logger = logging.getLogger(__name__)
 
@@ -29,6 +29,9 @@ _NOBLOCK, _EVENTS, _POLLIN = int(zmq.NOBLOCK), int(zmq.EVENTS), int(zmq.POLLIN)
 # Safety net against a missed edge: the owner re-checks ZMQ_EVENTS at least this often.
 EDGE_SAFETY_S = 0.5
 SNAPSHOT_TIMEOUT_S = 2.0
+# The longest an audio frame of a stream with video waits on its publisher for the next video
+# frame, with which it then travels (about one frame interval at 25-30 fps).
+HOLD_AUDIO_S = 0.04
 
 FrameHandler = Callable[[bytes], None]
 
@@ -68,14 +71,17 @@ def close_socket(sock: zmq.Socket[bytes]) -> None:
 
 
 class PublishedStream:
-    """What the owner keeps of a stream it publishes: session, next sequence number, cache."""
+    """What the owner keeps of a stream it publishes: session, next sequence number, cache,
+    and the audio frames held back to travel with the next video frame."""
 
-    __slots__ = ("cache", "next_seq", "session")
+    __slots__ = ("cache", "held", "held_since", "next_seq", "session")
 
     def __init__(self) -> None:
         self.session = secrets.randbits(52)
         self.next_seq = 0
         self.cache = GopCache()
+        self.held: list[bytes] = []
+        self.held_since = 0.0
 
 
 class BusPublisher:
@@ -93,18 +99,41 @@ class BusPublisher:
         return stream.session
 
     def publish(self, pkt: MediaPacket) -> None:
-        """Send one packet of a started session and remember it for late joiners."""
+        """Send one packet of a started session and remember it for late joiners.
+
+        Audio frames of a stream that has video are held (at most HOLD_AUDIO_S) and go just
+        before the next video frame: every bus message wakes the proxy and every subscriber,
+        and players get audio with the next video write anyway (broker.fanout.Flusher).
+        """
         stream = self.streams[pkt.stream]
         seq = stream.next_seq
         stream.next_seq = seq + 1
         stream.cache.add(pkt)
-        self._send(wire.encode(pkt, seq=seq, session=stream.session))
+        frame = wire.encode(pkt, seq=seq, session=stream.session)
+        if pkt.kind is TrackKind.AUDIO and stream.cache.has_video and not pkt.is_config:
+            now = trio.current_time()
+            if not stream.held:
+                stream.held_since = now
+            stream.held.append(frame)
+            if now - stream.held_since < HOLD_AUDIO_S:
+                return
+            frame = b""
+        self._release(stream)
+        if frame:
+            self._send(frame)
 
     def end_session(self, key: StreamKey) -> None:
         stream = self.streams.pop(key, None)
         if stream is not None:
+            self._release(stream)
             self._send(wire.encode_mark(key, wire.Mark.END, seq=stream.next_seq,
                                         session=stream.session))
+
+    def _release(self, stream: PublishedStream) -> None:
+        if stream.held:
+            for held in stream.held:
+                self._send(held)
+            stream.held.clear()
 
     def send_control(self, kind: str, body: dict[str, object]) -> None:
         self._send(wire.encode_control(kind, body))

@@ -305,3 +305,46 @@ async def test_late_joiner_clone_pattern(ctx: Context, bus: Bus) -> None:
         nursery.cancel_scope.cancel()
     pub.close()
     assert sink.events == ["session", *head(stream), *av_stream(stream, range(5, 13)), "end"]
+
+
+async def test_audio_of_a_stream_with_video_travels_with_the_next_video_frame(
+        ctx: Context, bus: Bus) -> None:
+    stream = key("held")
+    pub = BusPublisher(ctx, bus.frontend, hwm=HWM)
+    sub = BusSubscriber(ctx, bus.backend, hwm=HWM)
+    collector = Collector()
+    sub.subscribe(stream.topic, collector)
+
+    async def settle() -> None:
+        await trio.sleep(0.05)  # long enough for anything sent to arrive
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(sub.serve)
+        await sync_subscriptions(pub, sub)
+        pub.start_session(stream)
+        for p in head(stream):  # configs are never held
+            pub.publish(p)
+        pub.publish(pkt(stream, 1, kind=TrackKind.AUDIO))  # no video yet: not held
+        await settle()
+        assert len(collector.got) == 4
+        pub.publish(pkt(stream, 2, key=True))
+        pub.publish(pkt(stream, 2, kind=TrackKind.AUDIO))
+        pub.publish(pkt(stream, 3, kind=TrackKind.AUDIO))
+        await settle()
+        assert len(collector.got) == 5  # the two audio frames wait ...
+        pub.publish(pkt(stream, 3))
+        await settle()
+        assert [wp.seq for wp in collector.got] == list(range(8))  # ... and go first
+        pub.publish(pkt(stream, 4, kind=TrackKind.AUDIO))
+        await trio.sleep(zsock.HOLD_AUDIO_S)
+        pub.publish(pkt(stream, 5, kind=TrackKind.AUDIO))  # the first waited long enough
+        await settle()
+        assert [wp.seq for wp in collector.got] == list(range(10))
+        pub.publish(pkt(stream, 6, kind=TrackKind.AUDIO))
+        pub.end_session(stream)  # held frames go before the end
+        with trio.fail_after(WAIT_S):
+            await collector.ended.wait()
+        nursery.cancel_scope.cancel()
+    pub.close()
+    assert [wp.seq for wp in collector.got] == list(range(12))
+    assert collector.got[-1].mark is wire.Mark.END
