@@ -191,15 +191,8 @@ class SocketQueue(BoundedQueue):
             self.flush()
             return
         # The common case: nothing of its own queued, so the shared list goes as it is.
-        try:
-            sent = self.sock.send(items[0]) if len(items) == 1 else self.sock.sendmsg(items)
-        except BlockingIOError:
-            sent = 0
-        except OSError as exc:
-            self._fail(exc)
-            return
-        self.bytes_out += sent
-        if sent == size:
+        sent = self._write(items)
+        if sent is None or sent == size:
             return
         # The kernel buffer filled: the rest waits in the queue for the writer task.
         for data in items:
@@ -211,10 +204,19 @@ class SocketQueue(BoundedQueue):
         self._blocked = True
         self._event.set()
 
-    def _fail(self, exc: OSError) -> None:
-        self.error = exc
-        self._items.clear()
-        self._event.set()
+    def _write(self, batch: Sequence[bytes | memoryview]) -> int | None:
+        """One system call for the batch: the bytes the kernel took, None if the peer is gone."""
+        try:
+            sent = self.sock.send(batch[0]) if len(batch) == 1 else self.sock.sendmsg(batch)
+        except BlockingIOError:
+            sent = 0
+        except OSError as exc:
+            self.error = exc
+            self._items.clear()
+            self._event.set()
+            return None
+        self.bytes_out += sent
+        return sent
 
     def flush(self) -> None:
         """Send what is queued without blocking; leave the rest to the writer task."""
@@ -224,14 +226,9 @@ class SocketQueue(BoundedQueue):
         while items:
             # One buffer (the common case) goes with send; several with one sendmsg (writev).
             batch = [items[0]] if len(items) == 1 else list(islice(items, MAX_IOV))
-            try:
-                sent = self.sock.send(batch[0]) if len(batch) == 1 else self.sock.sendmsg(batch)
-            except BlockingIOError:
-                sent = 0
-            except OSError as exc:
-                self._fail(exc)
+            sent = self._write(batch)
+            if sent is None:
                 return
-            self.bytes_out += sent
             if len(batch) == len(items) and sent == sum(map(len, batch)):
                 items.clear()
                 break
