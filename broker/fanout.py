@@ -194,15 +194,16 @@ class SocketQueue(BoundedQueue):
         sent = self._write(items)
         if sent is None or sent == size:
             return
-        # The kernel buffer filled: the rest waits in the queue for the writer task.
-        for data in items:
-            if sent >= len(data):
-                sent -= len(data)
-            else:
-                self._items.append(memoryview(data)[sent:] if sent else data)
-                sent = 0
+        # The kernel buffer filled: the writer task sends the rest. The item cut short goes
+        # whole (it is half sent); those after it are queued under the drop policy.
         self._blocked = True
         self._event.set()
+        for i, data in enumerate(items):
+            if sent < len(data):
+                self._items.append(memoryview(data)[sent:] if sent else data)
+                super().deliver(items[i + 1:], flags[i + 1:], 0)
+                return
+            sent -= len(data)
 
     def _write(self, batch: Sequence[bytes | memoryview]) -> int | None:
         """One system call for the batch: the bytes the kernel took, None if the peer is gone."""

@@ -52,9 +52,15 @@ def bind_group(listen: Listen, count: int) -> list[socket.socket]:
     """One listening socket per worker on the same port (SO_REUSEPORT).
 
     The kernel spreads new connections evenly over the sockets; with one shared accept queue,
-    the worker that wakes first takes a whole burst of connections. A restarted worker gets
-    its predecessor's socket back, with the connections that waited in it meanwhile.
+    the worker that wakes first takes a whole burst of connections. SO_REUSEPORT would also
+    let a second rtmpmate (or the other listener of this one, on the same address) share the
+    port without a word, so the port is first bound alone to check that it is free.
     """
+    if listen.port:
+        family = socket.AF_INET6 if ":" in listen.host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((listen.host, listen.port))  # EADDRINUSE if anyone listens there
     first = bind_tcp(listen, reuse_port=True)
     port = first.getsockname()[1]  # the one the OS chose, if listen.port is 0
     return [first] + [bind_tcp(Listen(listen.host, port), reuse_port=True)
@@ -79,7 +85,9 @@ def sd_notify(state: str) -> None:
 class Worker:
     role: str
     name: str
-    fds: list[int]
+    listen: Listen | None = None  # where its listening socket is bound (the port's group)
+    sock: socket.socket | None = field(default=None, repr=False)
+    group: int = 1  # how many workers share the port
     pid: int | None = None
     started: float = 0.0
     restarts: int = 0
@@ -92,7 +100,6 @@ class Supervisor:
         self.cfg = cfg
         self.raw_json = json.dumps(raw).encode()
         self.workers: list[Worker] = []
-        self.sockets: list[socket.socket] = []
         self.directory = StreamDirectory()
         self.viewers: dict[str, tuple[float, dict[str, dict[str, int]]]] = {}
         self.stopping = False
@@ -101,23 +108,23 @@ class Supervisor:
     def plan(self) -> None:
         cores = os.cpu_count() or 1
         srv = self.cfg.server
-        self.workers.append(Worker("broker", "broker", []))
+        self.workers.append(Worker("broker", "broker"))
         for role, listen, count in (("ingest", self.cfg.rtmp.listen, srv.ingest_workers),
                                     ("egress", self.cfg.http.listen, srv.egress_workers)):
             group = bind_group(listen, count or cores)
-            self.sockets += group
-            self.workers += [Worker(role, f"{role}-{i}", [sock.fileno()])
+            bound = Listen(listen.host, group[0].getsockname()[1])
+            self.workers += [Worker(role, f"{role}-{i}", bound, sock, len(group))
                              for i, sock in enumerate(group)]
 
     async def run_worker(self, worker: Worker) -> None:
         delay = RESTART_DELAY_S
-        cmd = [sys.executable, "-m", "control.workers", worker.role, "--name", worker.name]
-        for fd in worker.fds:
-            cmd += ["--fd", str(fd)]
         while not self._stopping():
             worker.started = time.time()
-            proc = await trio.lowlevel.open_process(
-                cmd, stdin=subprocess.PIPE, pass_fds=worker.fds)
+            cmd = [sys.executable, "-m", "control.workers", worker.role, "--name", worker.name]
+            fds = [worker.sock.fileno()] if worker.sock is not None else []
+            for fd in fds:
+                cmd += ["--fd", str(fd)]
+            proc = await trio.lowlevel.open_process(cmd, stdin=subprocess.PIPE, pass_fds=fds)
             worker.process, worker.pid = proc, proc.pid
             assert proc.stdin is not None
             await proc.stdin.send_all(self.raw_json)
@@ -132,7 +139,15 @@ class Supervisor:
             worker.restarts += 1
             # Back off only while it keeps dying at start-up (a bad port, a broken install).
             delay = RESTART_DELAY_S if lived >= 1 else min(delay * 2, MAX_RESTART_DELAY_S)
-            await trio.sleep(delay)
+            if worker.sock is not None and worker.listen is not None and worker.group > 1:
+                # Out of the port's group until the new process is there: meanwhile the
+                # kernel gives new connections to the other workers. (A lone worker keeps its
+                # socket: connections wait in its backlog for the restart.)
+                worker.sock.close()
+                await trio.sleep(delay)
+                worker.sock = bind_tcp(worker.listen, reuse_port=True)
+            else:
+                await trio.sleep(delay)
 
     def _stopping(self) -> bool:
         return self.stopping
@@ -223,8 +238,9 @@ class Supervisor:
                 nursery.cancel_scope.cancel()
         finally:
             ctx.destroy(linger=0)
-            for sock in self.sockets:
-                sock.close()
+            for worker in self.workers:
+                if worker.sock is not None:
+                    worker.sock.close()
 
 
 def main(argv: list[str] | None = None) -> None:

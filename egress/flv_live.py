@@ -46,18 +46,25 @@ class Framing(enum.Enum):
         return data
 
 
+# Tags kept for the variants still to be framed: a hub frames a whole batch per variant.
+TAG_CACHE_PACKETS = 256
+
+
 class FlvMuxer:
     """One per egress worker: a packet's FLV tag is built once, then framed per variant."""
 
     def __init__(self) -> None:
-        self._last: tuple[MediaPacket, bytes] | None = None
+        self._tags: dict[int, tuple[MediaPacket, bytes]] = {}  # id(packet) -> (packet, tag)
 
     def __call__(self, pkt: MediaPacket, variant: Hashable) -> bytes:
-        if self._last is not None and self._last[0] is pkt:
-            tag = self._last[1]
+        cached = self._tags.get(id(pkt))
+        if cached is not None and cached[0] is pkt:
+            tag = cached[1]
         else:
+            if len(self._tags) >= TAG_CACHE_PACKETS:
+                self._tags.clear()
             tag = flv.encode_tag(*flv_tag_parts(pkt))
-            self._last = (pkt, tag)
+            self._tags[id(pkt)] = (pkt, tag)  # the packet is kept, so its id is not reused
         assert isinstance(variant, Framing)
         return variant.wrap(tag)
 

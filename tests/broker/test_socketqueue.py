@@ -611,21 +611,24 @@ async def test_deliver_keeps_what_the_kernel_did_not_take_for_the_writer(
         small_pair: tuple[CountingSocket, socket.socket]) -> None:
     sender, receiver = small_pair
     q = SocketQueue(sender, 2, Flusher())
-    items = [frame(i, BIG_FRAME // 2) for i in range(4)]
+    items = [frame(i, BIG_FRAME) for i in range(4)]  # the first never fits whole
     q.deliver(items, [fanout.SYNC] + [fanout.PLAIN] * 3, sum(map(len, items)))
     assert q._blocked
     assert 0 < q.bytes_out < BIG_FRAME
-    # The rest waits whole, past the capacity (it was accepted as one batch), without a copy.
-    assert sum(map(len, q._items)) == 2 * BIG_FRAME - q.bytes_out
+    # The item cut short waits whole, without a copy; those after it are queued under the
+    # drop policy: room for one, then the skip starts.
     assert isinstance(q._items[0], memoryview)
-    assert q._items[-1] is items[-1]
+    assert bytes(q._items[0]) == items[0][q.bytes_out:]
+    assert q._items[1] is items[1]
+    assert len(q._items) == 2
+    assert (q.skipping, q.dropped) == (True, 2)
     q.close()
     received = bytearray()
     with trio.fail_after(WAIT_S):
         async with trio.open_nursery() as nursery:
             nursery.start_soon(read_to_eof, receiver, received)
             nursery.start_soon(writer_then_eof, q)
-    assert received == b"".join(items)
+    assert received == items[0] + items[1]
 
 
 async def test_deliver_to_a_lagging_queue_applies_the_drop_policy(

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import socket
 import time
 
+import pytest
+
 from control.config import Listen
-from control.supervisor import bind_group
+from control.supervisor import bind_group, bind_tcp
 
 CONNECTIONS = 200
 
@@ -51,3 +54,46 @@ def test_a_group_of_one_is_a_plain_listener() -> None:
         port = sock.getsockname()[1]
         with socket.create_connection(("127.0.0.1", port), timeout=5):
             pass
+
+
+def test_a_port_someone_listens_on_is_refused_not_shared() -> None:
+    (first,) = bind_group(Listen("127.0.0.1", 0), 1)
+    with first:
+        port = first.getsockname()[1]
+        # SO_REUSEPORT alone would let a second server (same user) take half the connections.
+        with pytest.raises(OSError, match="in use") as info:
+            bind_group(Listen("127.0.0.1", port), 2)
+        assert info.value.errno == errno.EADDRINUSE
+
+
+def test_a_closed_socket_leaves_the_group_to_the_others() -> None:
+    """What the supervisor does while a worker restarts: close its socket, rebind later."""
+    group = bind_group(Listen("127.0.0.1", 0), 2)
+    port = group[0].getsockname()[1]
+    group[1].close()
+    clients: list[socket.socket] = []
+    try:
+        clients += [socket.create_connection(("127.0.0.1", port), timeout=5)
+                    for _ in range(20)]
+        accepted = accept_all(group[0])
+        assert len(accepted) == 20  # every connection went to the worker that is there
+        for sock in accepted:
+            sock.close()
+        group[1] = bind_tcp(Listen("127.0.0.1", port), reuse_port=True)  # the new process
+        clients += [socket.create_connection(("127.0.0.1", port), timeout=5)
+                    for _ in range(CONNECTIONS)]
+        spread: list[list[socket.socket]] = [[], []]
+        for _ in range(100):  # bounded: the handshakes are all in the backlogs by now
+            for i, sock in enumerate(group):
+                spread[i] += accept_all(sock)
+            if sum(map(len, spread)) == CONNECTIONS:
+                break
+            time.sleep(0.01)
+        counts = [len(a) for a in spread]
+        for sock in [*spread[0], *spread[1]]:
+            sock.close()
+        assert sum(counts) == CONNECTIONS
+        assert min(counts) >= CONNECTIONS // 4, counts
+    finally:
+        for sock in [*clients, *group]:
+            sock.close()
