@@ -110,6 +110,16 @@ async def writer_then_eof(queue: SocketQueue) -> None:
     queue.sock.shutdown(socket.SHUT_WR)
 
 
+async def drain(queue: SocketQueue, receiver: socket.socket) -> bytearray:
+    """Run the (closed) queue's writer to the end; everything the receiver got."""
+    received = bytearray()
+    with trio.fail_after(WAIT_S):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(read_to_eof, receiver, received)
+            nursery.start_soon(writer_then_eof, queue)
+    return received
+
+
 async def wait_for(predicate: Any) -> None:
     """Poll a condition another task brings about (bounded)."""
     with trio.fail_after(WAIT_S):
@@ -366,11 +376,7 @@ async def test_close_while_blocked_drains_then_returns(
     for data in rest:
         q.push(data, sync=False)
     q.close()
-    received = bytearray()
-    with trio.fail_after(WAIT_S):
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(read_to_eof, receiver, received)
-            nursery.start_soon(writer_then_eof, q)
+    received = await drain(q, receiver)
     assert received == first + b"".join(rest)
     assert not q._items
 
@@ -470,11 +476,7 @@ async def test_more_than_max_iov_items_with_partial_writes(
     flusher.flush()
     assert q._blocked
     q.close()
-    received = bytearray()
-    with trio.fail_after(WAIT_S):
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(read_to_eof, receiver, received)
-            nursery.start_soon(writer_then_eof, q)
+    received = await drain(q, receiver)
     assert received == b"".join(items)
     assert q.bytes_out == len(received)
     assert q.dropped == 0
@@ -623,11 +625,7 @@ async def test_deliver_keeps_what_the_kernel_did_not_take_for_the_writer(
     assert len(q._items) == 2
     assert (q.skipping, q.dropped) == (True, 2)
     q.close()
-    received = bytearray()
-    with trio.fail_after(WAIT_S):
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(read_to_eof, receiver, received)
-            nursery.start_soon(writer_then_eof, q)
+    received = await drain(q, receiver)
     assert received == items[0] + items[1]
 
 
@@ -646,11 +644,7 @@ async def test_deliver_to_a_lagging_queue_applies_the_drop_policy(
     assert [bytes(i) for i in list(q._items)[1:]] == [b"p1", b"p2", b"CTL"]
     assert (q.skipping, q.dropped) == (True, 3)
     q.close()
-    received = bytearray()
-    with trio.fail_after(WAIT_S):
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(read_to_eof, receiver, received)
-            nursery.start_soon(writer_then_eof, q)
+    received = await drain(q, receiver)
     assert received == f0 + b"p1p2CTL"
 
 
