@@ -23,35 +23,39 @@ def accept_all(sock: socket.socket) -> list[socket.socket]:
     return out
 
 
-def accepted_counts(group: list[socket.socket], expected: int) -> list[int]:
-    """Accept (and close) what each socket of the group has in its backlog, up to expected."""
+def spread_over(group: list[socket.socket], port: int) -> list[int]:
+    """Connect CONNECTIONS clients to the port; how many each socket of the group took."""
+    clients: list[socket.socket] = []
     counts = [0] * len(group)
-    for _ in range(100):  # bounded: the handshakes are all in the backlogs by now
-        for i, sock in enumerate(group):
-            for conn in accept_all(sock):
-                conn.close()
-                counts[i] += 1
-        if sum(counts) == expected:
-            break
-        time.sleep(0.01)
+    try:
+        clients += [socket.create_connection(("127.0.0.1", port), timeout=5)
+                    for _ in range(CONNECTIONS)]
+        for _ in range(100):  # bounded: the handshakes are all in the backlogs by now
+            for i, sock in enumerate(group):
+                for conn in accept_all(sock):
+                    conn.close()
+                    counts[i] += 1
+            if sum(counts) == CONNECTIONS:
+                break
+            time.sleep(0.01)
+    finally:
+        for client in clients:
+            client.close()
+    assert sum(counts) == CONNECTIONS
+    # A hash over the client ports: binomial, so a share under a quarter is all but
+    # impossible unless the sockets share the load.
+    assert min(counts) >= CONNECTIONS // 4, counts
     return counts
 
 
 def test_a_group_shares_one_port_and_the_kernel_spreads_connections() -> None:
     group = bind_group(Listen("127.0.0.1", 0), 2)
-    clients: list[socket.socket] = []
     try:
         port = group[0].getsockname()[1]
         assert [s.getsockname()[1] for s in group] == [port, port]
-        clients += [socket.create_connection(("127.0.0.1", port), timeout=5)
-                    for _ in range(CONNECTIONS)]
-        counts = accepted_counts(group, CONNECTIONS)
-        assert sum(counts) == CONNECTIONS
-        # A hash over the client ports: binomial, so a share under a quarter is all but
-        # impossible unless the sockets do not share the load.
-        assert min(counts) >= CONNECTIONS // 4, counts
+        spread_over(group, port)
     finally:
-        for sock in [*clients, *group]:
+        for sock in group:
             sock.close()
 
 
@@ -87,11 +91,7 @@ def test_a_closed_socket_leaves_the_group_to_the_others() -> None:
         for sock in accepted:
             sock.close()
         group[1] = bind_tcp(Listen("127.0.0.1", port), reuse_port=True)  # the new process
-        clients += [socket.create_connection(("127.0.0.1", port), timeout=5)
-                    for _ in range(CONNECTIONS)]
-        counts = accepted_counts(group, CONNECTIONS)
-        assert sum(counts) == CONNECTIONS
-        assert min(counts) >= CONNECTIONS // 4, counts
+        spread_over(group, port)
     finally:
         for sock in [*clients, *group]:
             sock.close()
