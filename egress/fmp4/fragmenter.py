@@ -4,6 +4,13 @@ moof+mdat fragments out. Shared by HTTP/WS-fMP4, HLS/LL-HLS parts and DASH segme
 Timing (protocol-pitfalls §3):
 - Video runs at 90 kHz. A sample's duration is the next frame's DTS minus its own, so the
   newest frame waits for its successor; flush() gives the last one the previous duration.
+  With low_latency=True a frame goes out on arrival, one frame interval sooner, and lasts
+  as long as the last interval between two frames (protocol-pitfalls §3 allows the guess).
+  The next frame then starts where the guess ended, its decode and presentation times moved
+  together by the error (as mpegts.js does): the timeline stays gapless, which MSE needs (a
+  DTS step over twice the last duration drops frames up to the next keyframe), and the
+  error telescopes, so the move is never more than the frame-interval jitter. A stall
+  longer than REBASE_S is not an interval and stays a gap.
 - B-frames: trun v1 carries signed CTS = pts - dts, and tfdt is the first sample's DTS.
   With zero_first_cts=True, video decode times move later by the first frame's pts - dts
   (once per fragmenter), so the first presented frame starts exactly at tfdt (the CMAF
@@ -25,8 +32,11 @@ Timing (protocol-pitfalls §3):
 Fragmenting: with video, a fragment ends before every keyframe and once its video lasts
 fragment_duration_s (0 = every frame); audio rides with the next video fragment, or goes
 alone when video stalls for MAX_AUDIO_WAIT_S. Audio-only streams cut every fragment_duration_s
-(0 = every frame). Each Fragment says whether it starts at a keyframe and gives each track's
-decode-time span, which is what cutting LL-HLS parts and segments needs.
+(0 = every frame). With cap_fragments=True the duration is a ceiling instead (LL-HLS parts
+must not exceed PART-TARGET): a fragment ends before the frame that would take it past, so
+video waits for the next frame to learn the last one's duration (not with low_latency).
+Each Fragment says whether it starts at a keyframe and gives each track's decode-time span,
+which is what cutting LL-HLS parts and segments needs.
 """
 
 from __future__ import annotations
@@ -202,8 +212,8 @@ class _Sample:
 
 
 class _Track:
-    __slots__ = ("config", "done", "end", "held", "kind", "last_duration", "setup", "shift",
-                 "track_id")
+    __slots__ = ("arrived", "config", "done", "end", "held", "kind", "last_duration", "setup",
+                 "shift", "step", "track_id")
 
     def __init__(self, kind: TrackKind, track_id: int) -> None:
         self.kind, self.track_id = kind, track_id
@@ -214,6 +224,10 @@ class _Track:
         self.end: int | None = None  # where the next sample may start at the earliest
         self.shift = 0  # ticks added to rescaled packet times
         self.last_duration = 0
+        # low_latency video: the last frame's own decode time, and the last interval between
+        # two frames, which the next frame's duration is guessed from.
+        self.arrived: int | None = None
+        self.step = 0
 
     @property
     def timescale(self) -> int:
@@ -263,13 +277,18 @@ class Fmp4Fragmenter:
     """
 
     def __init__(self, *, video: bool, audio: bool, fragment_duration_s: float = 0.0,
-                 zero_first_cts: bool = False) -> None:
+                 zero_first_cts: bool = False, low_latency: bool = False,
+                 cap_fragments: bool = False) -> None:
         if not video and not audio:
             raise ValueError("an fMP4 stream needs a video or an audio track")
         if fragment_duration_s < 0:
             raise ValueError("fragment_duration_s must be >= 0")
+        if cap_fragments and low_latency:
+            raise ValueError("cap_fragments needs each frame's duration: not with low_latency")
+        self.cap_fragments = cap_fragments
         self.fragment_duration_s = fragment_duration_s
         self.zero_first_cts = zero_first_cts
+        self.low_latency = low_latency
         self._video = _Track(TrackKind.VIDEO, 1) if video else None
         self._audio = _Track(TrackKind.AUDIO, 2 if video else 1) if audio else None
         self._tracks = tuple(t for t in (self._video, self._audio) if t is not None)
@@ -312,11 +331,15 @@ class Fmp4Fragmenter:
         """Send everything held back (end of stream); the last video frame repeats the
         previous duration."""
         video = self._video
+        events: list[Fmp4Event] = []
         if video is not None and video.held is not None:
             held, video.held = video.held, None
             held.duration = video.last_duration or _DEFAULT_VIDEO_DURATION
+            if self.cap_fragments and video.done and video.pending_duration() + (
+                    held.duration) > round(self.fragment_duration_s * VIDEO_TIMESCALE):
+                events = self._emit()
             video.complete(held)
-        return self._emit()
+        return events + self._emit()
 
     # ------------------------------------------------------------------ configuration
 
@@ -377,6 +400,12 @@ class Fmp4Fragmenter:
             self._video_delay = max(0, pts - dts) if self.zero_first_cts else 0
             track.shift = self._video_delay
         time = dts + track.shift
+        target = round(self.fragment_duration_s * VIDEO_TIMESCALE)
+        low_latency = self.low_latency
+        if low_latency and track.arrived is not None:
+            step = time - track.arrived
+            if 0 < step <= REBASE_S * VIDEO_TIMESCALE:  # a frame interval, not a stall
+                track.step = step  # the guess for this frame's duration
         events: list[Fmp4Event] = []
         held = track.held
         if held is not None:
@@ -385,13 +414,33 @@ class Fmp4Fragmenter:
                 duration = track.last_duration or _DEFAULT_VIDEO_DURATION
             held.duration = duration
             track.held = None
-            track.complete(held)
-            target = round(self.fragment_duration_s * VIDEO_TIMESCALE)
-            if pkt.keyframe or track.pending_duration() >= target:
+            if self.cap_fragments and track.done and (
+                    track.pending_duration() + duration > target):
                 events = self._emit()
-        time = self._not_before(track, time)
-        track.held = _Sample(time, 0, pkt.payload, pkt.keyframe,
-                             pts - dts - self._video_delay)
+            track.complete(held)
+            if pkt.keyframe or track.pending_duration() >= target:
+                events += self._emit()
+        elif low_latency:
+            if track.done and time > track.done[-1].time:
+                # The previous frame is still queued: its guessed duration can be made exact.
+                prev = track.done[-1]
+                prev.duration = time - prev.time
+                track.end = time
+            if pkt.keyframe and track.done:
+                events = self._emit()
+        if low_latency:
+            track.arrived = time
+            if track.end is not None and track.end < time <= track.end + track.step:
+                time = track.end  # the guess was short: start where the last frame ended
+        sample = _Sample(self._not_before(track, time), 0, pkt.payload, pkt.keyframe,
+                         pts - dts - self._video_delay)
+        if not low_latency or not track.step:
+            track.held = sample  # until the next frame gives its duration (low latency: the
+            return events  # first frame only, as no interval is known to guess it from)
+        sample.duration = track.step
+        track.complete(sample)
+        if track.pending_duration() >= target:
+            events += self._emit()
         return events
 
     def _add_audio(self, track: _Track, pkt: MediaPacket) -> list[Fmp4Event]:
@@ -413,7 +462,9 @@ class Fmp4Fragmenter:
         video = self._video
         waited = track.pending_duration()
         if video is None:
-            if waited >= round(self.fragment_duration_s * rate):
+            target = round(self.fragment_duration_s * rate)
+            # Capped: end before the next frame (of the same length) would pass the target.
+            if (waited + duration > target) if self.cap_fragments else (waited >= target):
                 return self._emit()
         elif waited >= (self.fragment_duration_s + MAX_AUDIO_WAIT_S) * rate:
             return self._emit()

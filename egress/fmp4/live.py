@@ -54,8 +54,10 @@ class Fmp4Hub(StreamHub):
 
     def _went_live(self) -> None:
         cache = self.cache
+        # low_latency: a frame goes out as it arrives rather than when the next one does.
         self.fragmenter = Fmp4Fragmenter(video=cache.video_config is not None,
-                                         audio=cache.audio_config is not None)
+                                         audio=cache.audio_config is not None,
+                                         low_latency=True)
         for pkt in cache.snapshot():
             self._fragment(pkt)
 

@@ -472,20 +472,102 @@ def test_video_samples_round_trip(samples: list[tuple[int, int, bool, int]],
 
 
 
+@settings(max_examples=150)
+@given(video_samples, st.sampled_from([0.0, 0.05, 0.2]), st.integers(0, 10**9), st.booleans())
+def test_low_latency_video_is_gapless_and_close_to_its_timestamps(
+        samples: list[tuple[int, int, bool, int]], fragment_s: float, base: int,
+        zero_first_cts: bool) -> None:
+    """low_latency: a frame goes out on arrival (after the first), with a guessed duration;
+    the timeline stays gapless and each frame moves by at most the interval jitter."""
+    packets, dts, times = [config(TrackKind.VIDEO, AVCC_720P)], base, []
+    fr = Fmp4Fragmenter(video=True, audio=False, fragment_duration_s=fragment_s,
+                        zero_first_cts=zero_first_cts, low_latency=True)
+    out: list[Fmp4Event] = fr.add(packets[0])
+    for i, (duration, size, key, cts) in enumerate(samples):
+        events = fr.add(video(dts, bytes([i % 256]) * size, key=key or i == 0, pts=dts + cts,
+                              timescale=90000))
+        if i and fragment_s == 0:
+            assert events, "every frame after the first goes out as it arrives"
+        out += events
+        times.append(dts)
+        dts += duration
+    parsed = check(out + fr.flush())  # contiguous: tfdt = previous end
+    delay = max(0, samples[0][3]) if zero_first_cts else 0
+    got = parsed.samples[1]
+    assert [(s[2], s[3], s[4], s[5]) for s in got] == [
+        (size, SYNC if key or i == 0 else NON_SYNC, cts - delay, bytes([i % 256]) * size)
+        for i, (_, size, key, cts) in enumerate(samples)]
+    intervals = [d for d, *_ in samples[:-1]]
+    jitter = max(intervals) - min(intervals) if intervals else 0
+    assert got[0][0] == base + delay
+    assert all(abs(s[0] - (t + delay)) <= jitter for s, t in zip(got, times, strict=True))
+
+
+@settings(max_examples=150)
+@given(video_samples, st.sampled_from([0.0, 0.05, 0.2, 1.0]), st.booleans())
+def test_capped_fragments_never_pass_the_target(samples: list[tuple[int, int, bool, int]],
+                                                fragment_s: float, with_audio: bool) -> None:
+    """cap_fragments: a fragment is at most the target unless one frame alone is longer, and
+    it ends only when the next frame would pass the target or is a keyframe."""
+    packets = [config(TrackKind.VIDEO, AVCC_720P)]
+    if with_audio:
+        packets.append(config(TrackKind.AUDIO, ASC_44K_STEREO))
+    dts = 0
+    for i, (duration, size, key, _) in enumerate(samples):
+        packets.append(video(dts, b"v" * size, key=key or i == 0, timescale=90000))
+        if with_audio:
+            packets.append(audio(dts // 90))
+        dts += duration
+    fr = Fmp4Fragmenter(video=True, audio=with_audio, fragment_duration_s=fragment_s,
+                        cap_fragments=True)
+    parsed = check(mux(fr, packets), contiguous=not with_audio)  # audio has gaps here
+    target, pos = round(fragment_s * 90000), 0
+    video_samples_out = parsed.samples[1]
+    assert [s[1] for s in video_samples_out[:-1]] == [d for d, *_ in samples[:-1]]
+    for frag in parsed.fragments:
+        span = frag.tracks[0]
+        if span.kind is not TrackKind.VIDEO:
+            continue
+        assert span.duration <= target or span.samples == 1
+        pos += span.samples
+        if pos < len(video_samples_out):
+            following = video_samples_out[pos]
+            assert following[3] == SYNC or span.duration + following[1] > target
+
+
+def test_capped_audio_only_fragments() -> None:
+    fr = Fmp4Fragmenter(video=False, audio=True, fragment_duration_s=0.1, cap_fragments=True)
+    parsed = check(mux(fr, [config(TrackKind.AUDIO, ASC_44K_STEREO)]
+                       + [audio(round(i * 1024 / 44.1)) for i in range(20)]))
+    # 4 frames are 4096 ticks (0.093 s); a fifth would pass 4410.
+    assert [f.tracks[0].samples for f in parsed.fragments] == [4] * 5
+
+
+def test_low_latency_stall_stays_a_gap() -> None:
+    """A publisher's pause (over REBASE_S) is not a frame interval: no frame is moved."""
+    fr = Fmp4Fragmenter(video=True, audio=False, low_latency=True)
+    times = [0, 3000, 6000, 9000, 450000, 453000, 456000]
+    parsed = check(mux(fr, [config(TrackKind.VIDEO, AVCC_720P)]
+                       + [video(t, b"x", key=t == 0, timescale=90000) for t in times]),
+                   contiguous=False)
+    assert [s[0] for s in parsed.samples[1]] == times
+    assert [s[1] for s in parsed.samples[1]] == [3000] * len(times)
+
+
 @settings(max_examples=200)
 @given(st.lists(st.tuples(st.booleans(), st.integers(0, 10**7), st.integers(-500, 500),
                           st.booleans(), st.integers(0, 3)), max_size=60),
-       st.sampled_from([0.0, 0.3]), st.booleans())
+       st.sampled_from([0.0, 0.3]), st.booleans(), st.booleans())
 def test_any_timestamps_give_growing_decode_times(
         frames: list[tuple[bool, int, int, bool, int]], fragment_s: float,
-        zero_first_cts: bool) -> None:
+        zero_first_cts: bool, low_latency: bool) -> None:
     """Publisher timestamps may jump anywhere; tfdt and decode times still only grow."""
     packets = [config(TrackKind.VIDEO, AVCC_720P), config(TrackKind.AUDIO, ASC_44K_STEREO)]
     for is_video, dts, cts, key, size in frames:
         packets.append(video(dts, b"v" * size, key=key, pts=dts + cts) if is_video
                        else audio(dts, b"a" * size))
     fr = Fmp4Fragmenter(video=True, audio=True, fragment_duration_s=fragment_s,
-                        zero_first_cts=zero_first_cts)
+                        zero_first_cts=zero_first_cts, low_latency=low_latency)
     parsed = check(mux(fr, packets), contiguous=False)
     for samples in parsed.samples.values():
         assert all(s[1] > 0 for s in samples)
@@ -581,15 +663,18 @@ def ffmpeg_errors(path: Path) -> str:
     return proc.stderr.decode(errors="replace")
 
 
-@pytest.mark.parametrize(("video_on", "audio_on", "fragment_s", "zero_first_cts"), [
-    (True, True, 0.0, False), (True, True, 1.0, False), (True, True, 0.0, True),
-    (True, False, 0.0, False), (False, True, 0.0, False), (False, True, 0.5, False),
+@pytest.mark.parametrize(("video_on", "audio_on", "fragment_s", "zero_first_cts", "low_latency"), [
+    (True, True, 0.0, False, False), (True, True, 1.0, False, False),
+    (True, True, 0.0, True, False), (True, True, 0.0, False, True),
+    (True, False, 0.0, False, False), (False, True, 0.0, False, False),
+    (False, True, 0.5, False, False),
 ])
 def test_real_aac_h264(tmp_path: Path, real_flv: dict[str, list[MediaPacket]], video_on: bool,
-                       audio_on: bool, fragment_s: float, zero_first_cts: bool) -> None:
+                       audio_on: bool, fragment_s: float, zero_first_cts: bool,
+                       low_latency: bool) -> None:
     packets = real_flv["aac"]
     fr = Fmp4Fragmenter(video=video_on, audio=audio_on, fragment_duration_s=fragment_s,
-                        zero_first_cts=zero_first_cts)
+                        zero_first_cts=zero_first_cts, low_latency=low_latency)
     events = mux(fr, packets)
     parsed = check(events)
     assert len(parsed.inits) == 1
