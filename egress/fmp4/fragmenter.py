@@ -341,6 +341,11 @@ class Fmp4Fragmenter:
             video.complete(held)
         return events + self._emit()
 
+    def cut(self) -> list[Fmp4Event]:
+        """End the fragment here: every complete sample goes out now (a held video frame, still
+        waiting for its duration, stays and starts the next fragment)."""
+        return self._emit()
+
     # ------------------------------------------------------------------ configuration
 
     def _configure(self, track: _Track, pkt: MediaPacket) -> list[Fmp4Event]:

@@ -13,7 +13,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from broker.flvpacket import packet_from_flv
 from broker.packet import Codec, MediaPacket, StreamKey, TrackKind
 from egress.fmp4.fragmenter import (
     Fmp4Event,
@@ -24,8 +23,8 @@ from egress.fmp4.fragmenter import (
     opus_packet_samples,
 )
 from media.codecs import avc
-from media.flv import NEED_DATA, FlvDecoder, FlvTag
 from media.mp4 import boxes
+from tests.egress.media import SECONDS, ffmpeg_exe
 from tests.mp4_parse import find_all, handler, parse_boxes, parse_fragment, timescale, track_id
 
 if TYPE_CHECKING:
@@ -574,49 +573,6 @@ def test_any_timestamps_give_growing_decode_times(
         assert all(b[0] >= a[0] + a[1] for a, b in itertools.pairwise(samples))
 
 # ---------------------------------------------------------------------------- real media
-
-SECONDS = 5
-
-
-def ffmpeg_exe() -> str:
-    imageio_ffmpeg = pytest.importorskip("imageio_ffmpeg")
-    return str(imageio_ffmpeg.get_ffmpeg_exe())
-
-
-def flv_packets(path: Path) -> list[MediaPacket]:
-    dec = FlvDecoder()
-    dec.receive_data(path.read_bytes())
-    packets = []
-    while (ev := dec.next_event()) is not NEED_DATA:
-        if isinstance(ev, FlvTag):
-            pkt = packet_from_flv(KEY, ev.tag_type, ev.timestamp_ms, ev.body)
-            if pkt is not None:
-                packets.append(pkt)
-    return packets
-
-
-@pytest.fixture(scope="module")
-def real_flv(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[MediaPacket]]:
-    """5 s of testsrc2 320x240@30 (x264 High, 2 B-frames) with AAC or Opus, as packets."""
-    folder = tmp_path_factory.mktemp("flv")
-    out = {}
-    for name, audio_args in (("aac", ["-c:a", "aac", "-ar", "44100"]),
-                             ("opus", ["-c:a", "libopus", "-ar", "48000"])):
-        path = folder / f"{name}.flv"
-        cmd = [
-            ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-nostdin",
-            "-f", "lavfi", "-i", "testsrc2=size=320x240:rate=30",
-            "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000", "-t", str(SECONDS),
-            "-c:v", "libx264", "-profile:v", "high", "-bf", "2", "-g", "60", *audio_args,
-            "-f", "flv", str(path),
-        ]  # fmt: skip
-        proc = subprocess.run(cmd, capture_output=True, timeout=120, check=False)
-        if proc.returncode == 0:
-            out[name] = flv_packets(path)
-    if "aac" not in out:
-        pytest.skip("ffmpeg could not make the test FLV")
-    return out
-
 
 @dataclass
 class Decoded:
