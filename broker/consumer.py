@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -59,6 +59,8 @@ class Consumer:
         self._watched: dict[HubId, _Watched] = {}
         self._changed = trio.Event()  # set whenever the directory or a hub's state changes
         self._nursery: trio.Nursery | None = None
+        # Called with every control message the directory does not consume (e.g. "cmaf").
+        self.control_handlers: list[Callable[[dict[str, Any]], None]] = []
         subscriber.subscribe(wire.CONTROL_TOPIC, self._on_control)
 
     async def serve(self) -> None:
@@ -103,6 +105,12 @@ class Consumer:
         watched.idle_since = None
         watched.hub.add(viewer)
         return watched.hub
+
+    def unwatch(self, key: StreamKey, *, kind: str = "") -> None:
+        """Stop following a stream now (its hub's viewers, if any, are dropped)."""
+        watched = self._watched.pop((key, kind or self._default_kind), None)
+        if watched is not None:
+            self.subscriber.unsubscribe(key.topic, watched.handler)
 
     def detach(self, key: StreamKey, viewer: Viewer, *, kind: str = "") -> None:
         watched = self._watched.get((key, kind or self._default_kind))
@@ -161,7 +169,10 @@ class Consumer:
         except wire.WireError:
             return
         key = self.directory.on_control(body, trio.current_time())
-        if key is not None:
+        if key is None:
+            for handler in self.control_handlers:
+                handler(body)
+        else:
             for (watched_key, _), watched in self._watched.items():
                 if watched_key == key and watched.feed.needs_snapshot and not watched.joining:
                     self._join(key, watched)

@@ -115,6 +115,7 @@ class Supervisor:
             bound = Listen(listen.host, group[0].getsockname()[1])
             self.workers += [Worker(role, f"{role}-{i}", bound, sock, len(group))
                              for i, sock in enumerate(group)]
+        self.workers.append(Worker("dvr", "dvr"))  # recordings and HLS/DASH presentations
 
     async def run_worker(self, worker: Worker) -> None:
         delay = RESTART_DELAY_S

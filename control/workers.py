@@ -44,7 +44,7 @@ def setup_logging(level: str, name: str) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="rtmpmate-worker")
-    parser.add_argument("role", choices=["broker", "ingest", "egress"])
+    parser.add_argument("role", choices=["broker", "ingest", "egress", "dvr"])
     parser.add_argument("--name", required=True)
     parser.add_argument("--fd", type=int, action="append", default=[])
     args = parser.parse_args(argv)
@@ -68,6 +68,10 @@ def main(argv: list[str] | None = None) -> None:
         from ingest.worker import run_ingest_worker
 
         run_ingest_worker(cfg, args.name, args.fd[0])
+    elif args.role == "dvr":
+        from egress.dvr_worker import run_dvr_worker
+
+        run_dvr_worker(cfg, args.name)
     else:
         from egress.worker import run_egress_worker
 

@@ -16,8 +16,11 @@ from broker.packet import DEFAULT_INSTANCE, StreamKey
 from control.config import location_for
 from egress.flv_live import FlvHandler, Framing, http_live, ws_live
 from egress.fmp4.live import Fmp4Handler
+from egress.presentations import Presentations, parse_path
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from starlette.requests import Request
     from starlette.websockets import WebSocket
 
@@ -70,9 +73,12 @@ def parse_live_path(path: str, suffix: str) -> StreamKey | None:
 
 
 class EgressApp:
-    def __init__(self, cfg: Config, consumer: Consumer) -> None:
+    def __init__(self, cfg: Config, consumer: Consumer,
+                 send_control: Callable[[str, dict[str, object]], None]) -> None:
         self.cfg = cfg
         self.consumer = consumer
+        self.presentations = Presentations(send_control)
+        consumer.control_handlers.append(self.presentations.on_control)
         self.app = Starlette(routes=[
             Route("/api/streams", self.streams),
             Route("/{path:path}", self.http_get, methods=["GET", "HEAD"]),
@@ -97,16 +103,26 @@ class EgressApp:
                 break
         else:
             return None
-        # As the seed says: HTTP-FLV needs a DVR_FLV entry in the stream's RTMP location,
-        # and the fMP4 outputs a DVR_FMP4 entry.
+        off = self._dvr_missing(key, fmt.dvr, f"{fmt.suffix} streams")
+        return LiveRoute(key, fmt, loc.cache_frames) if off is None else off
+
+    def _dvr_missing(self, key: StreamKey, dvr: str, what: str) -> str | None:
+        """As the seed says: HTTP-FLV needs a DVR_FLV entry in the stream's RTMP location,
+        and the fMP4 outputs (HLS and DASH included) a DVR_FMP4 entry. Why not, or None."""
         rtmp_loc = location_for(self.cfg.rtmp.location, f"/{key.app}")
-        if rtmp_loc is None or not any(d.name == fmt.dvr for d in rtmp_loc.dvr):
-            return (f"{fmt.suffix} streams are off for /{key.app}: its [[rtmp.location]] "
-                    f"has no {fmt.dvr} entry\n")
-        return LiveRoute(key, fmt, loc.cache_frames)
+        if rtmp_loc is None or not any(d.name == dvr for d in rtmp_loc.dvr):
+            return f"{what} are off for /{key.app}: its [[rtmp.location]] has no {dvr} entry\n"
+        return None
 
     async def http_get(self, request: Request) -> Response:
         headers = self.cors_headers(request.headers.get("origin"))
+        file = parse_path(request.url.path)
+        if file is not None:
+            loc = location_for(self.cfg.http.location, request.url.path)
+            if loc is not None and loc.handler == "http_file":
+                if (off := self._dvr_missing(file.key, "DVR_FMP4", "HLS/DASH")) is not None:
+                    return PlainTextResponse(off, 404, headers=headers)
+                return await self.presentations.serve(file, request.query_params, headers)
         route = self.live_route(request.url.path)
         if route is None:
             return PlainTextResponse("not found\n", 404, headers=headers)

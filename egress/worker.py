@@ -36,8 +36,9 @@ logger = logging.getLogger(__name__)
 
 
 class EgressServer:
-    def __init__(self, cfg: Config, consumer: Consumer, flusher: Flusher) -> None:
-        self.app = EgressApp(cfg, consumer)
+    def __init__(self, cfg: Config, consumer: Consumer, flusher: Flusher,
+                 publisher: BusPublisher) -> None:
+        self.app = EgressApp(cfg, consumer, publisher.send_control)
         self.live = LiveStreams(consumer, flusher)
         hc = HypercornConfig()
         hc.keep_alive_timeout = cfg.http.idle_timeout_s
@@ -82,7 +83,7 @@ async def serve_egress(cfg: Config, name: str, listener: socket.socket,
     consumer = Consumer(ctx, subscriber, {
         "flv": lambda key: StreamHub(key, flv_muxer, flusher),
         "mp4": lambda key: Fmp4Hub(key, flusher)})
-    server = EgressServer(cfg, consumer, flusher)
+    server = EgressServer(cfg, consumer, flusher, publisher)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(subscriber.serve)
         nursery.start_soon(consumer.serve)

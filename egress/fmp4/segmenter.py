@@ -119,7 +119,7 @@ class TrackTimeline:
     """One track's segments and parts, its file names, and its rolling window."""
 
     def __init__(self, prefix: str, plan: SegmentPlan) -> None:
-        self.prefix = prefix  # "v" or "a": v.m3u8, v-init-0.mp4, v-12.m4s, v-p340.m4s
+        self.prefix = prefix  # "v" or "a": v.m3u8, v-init-0.m4s, v-12.m4s, v-p340.m4s
         self.plan = plan
         self.info: TrackInfo | None = None
         self.segments: list[Segment] = []  # listed, oldest first; the last may be open
@@ -137,7 +137,7 @@ class TrackTimeline:
     # -- names
 
     def init_name(self, n: int) -> str:
-        return f"{self.prefix}-init-{n}.mp4"
+        return f"{self.prefix}-init-{n}.m4s"
 
     def segment_name(self, msn: int) -> str:
         return f"{self.prefix}-{msn}.m4s"

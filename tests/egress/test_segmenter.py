@@ -247,9 +247,9 @@ def test_new_session_marks_a_discontinuity_and_a_new_init() -> None:
     record(stream(7, start_ms=7040), plan, recorder=recorder, disk=disk, end=False)
     text = disk.files["v.m3u8"].decode()
     tags = check_playlist(text, plan)
-    assert tags["MAP"] == ['URI="v-init-0.mp4"', 'URI="v-init-1.mp4"']
-    assert text.index("#EXT-X-DISCONTINUITY\n") < text.index('URI="v-init-1.mp4"')
-    assert "v-init-1.mp4" in disk.files
+    assert tags["MAP"] == ['URI="v-init-0.m4s"', 'URI="v-init-1.m4s"']
+    assert text.index("#EXT-X-DISCONTINUITY\n") < text.index('URI="v-init-1.m4s"')
+    assert "v-init-1.m4s" in disk.files
 
 
 def test_real_stream_plays_through_the_playlist(tmp_path: Path, real_flv: dict[

@@ -1,0 +1,292 @@
+"""The DVR worker process: writes what the DVR entries ask for to disk.
+
+For every live stream whose [[rtmp.location]] has DVR_FMP4 entries, a CmafHub (a StreamHub
+with no viewers) feeds one CmafRecorder per entry and writes its files: parts, segments and
+init segments first, each under a temporary name and renamed into place, then the playlists,
+so a reader never sees half a file nor a playlist naming a file that is not there. Each
+change is announced on the bus ("cmaf" control messages) for the egress workers, which serve
+the files and hold LL-HLS blocking playlist reloads until the part they wait for exists.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+from typing import TYPE_CHECKING, Final
+
+import trio
+import zmq
+
+from broker.consumer import Consumer
+from broker.feed import ANNOUNCE_INTERVAL_S
+from broker.hub import StreamHub
+from broker.packet import StreamKey, TrackKind
+from broker.zsock import BusPublisher, BusSubscriber, bus_endpoints
+from control.config import location_for
+from egress.dvr.paths import dvr_path
+from egress.fmp4.fragmenter import Mp4WriteError
+from egress.fmp4.segmenter import (
+    DEFAULT_SEGMENT_S,
+    CmafRecorder,
+    RemoveFile,
+    SegmentPlan,
+    WriteFile,
+)
+from egress.hls.playlist import MULTIVARIANT, media_playlist, multivariant_playlist
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from pathlib import Path
+
+    from broker.packet import MediaPacket
+    from control.config import Config, DvrConfig
+    from egress.fmp4.segmenter import Action
+
+logger = logging.getLogger(__name__)
+
+EVENT: Final = "cmaf"  # the control message kind of a presentation's news
+WANT: Final = "cmaf-want"  # ... and of an egress worker asking for one
+# A live-only presentation (every entry mode "off") runs while players ask for it: it starts
+# at the first request (from the GOP the bus keeps, so the first segment is there at once)
+# and stops when nobody asked for this long. Recordings run whenever the stream is live.
+WANTED_FOR_S: Final = 30.0
+HUB_KIND: Final = "cmaf"
+# A publisher back within this continues the presentation after a discontinuity; past it the
+# playlists end (ENDLIST) and a recording is complete.
+END_GRACE_S: Final = 10.0
+SCAN_INTERVAL_S: Final = 0.25  # how often the stream directory is looked at for new streams
+# Files of ours in a presentation folder (removed before a new live presentation starts there).
+OWN_SUFFIXES: Final = (".m4s", ".m3u8", ".mpd", ".tmp")
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
+def plan_for(entry: DvrConfig) -> SegmentPlan:
+    segment_s = entry.max_time_ms / 1000 if entry.max_time_ms else DEFAULT_SEGMENT_S
+    return SegmentPlan(segment_s=segment_s, keep=entry.mode != "off",
+                       max_size=entry.max_size_bytes, max_frames=entry.max_frames)
+
+
+def cmaf_entries(cfg: Config, key: StreamKey) -> tuple[DvrConfig, ...]:
+    """The DVR_FMP4 entries that record `key`. ("manual" ones start from the control API.)"""
+    loc = location_for(cfg.rtmp.location, f"/{key.app}")
+    if loc is None:
+        return ()
+    return tuple(d for d in loc.dvr if d.name == "DVR_FMP4" and d.mode != "manual")
+
+
+def serving_entry(entries: tuple[DvrConfig, ...]) -> DvrConfig | None:
+    """The entry whose files the HLS/DASH URLs serve: the live one (mode "off") if any."""
+    return next((d for d in entries if d.mode == "off"), entries[0] if entries else None)
+
+
+class Presentation:
+    """One DVR_FMP4 entry's presentation of one stream: its recorder and its folder."""
+
+    def __init__(self, entry: DvrConfig, key: StreamKey, *, video: bool, audio: bool) -> None:
+        self.entry = entry
+        plan = plan_for(entry)
+        # "audio"/"video" (and their auto forms) keep that track only.
+        if entry.mode in ("audio", "autoAudio") and audio:
+            video = False
+        elif entry.mode in ("video", "autoVideo") and video:
+            audio = False
+        self.recorder = CmafRecorder(plan, video=video, audio=audio)
+        self.folder = dvr_path(entry, key, time.time()).resolve()
+        self.folder.mkdir(parents=True, exist_ok=True)
+        stale = [p for p in self.folder.iterdir() if p.name.endswith(OWN_SUFFIXES)]
+        if stale:
+            if plan.keep:
+                logger.warning("dvr %s: %s already holds a recording; it is replaced (set "
+                               "unique = true to keep each)", entry.id, self.folder)
+            for path in stale:
+                path.unlink(missing_ok=True)
+
+    def apply(self, actions: list[Action], *, changed: bool = False) -> bool:
+        """Carry out the recorder's actions; True when the playlists changed (as they do
+        when `changed` says so)."""
+        for action in actions:
+            if isinstance(action, WriteFile):
+                write_atomically(self.folder / action.name, action.data)
+                changed = True
+            elif isinstance(action, RemoveFile):
+                (self.folder / action.name).unlink(missing_ok=True)
+        if changed:
+            timelines = self.recorder.timelines
+            for timeline in timelines:
+                if timeline.segments:
+                    others = tuple(t for t in timelines if t is not timeline)
+                    write_atomically(self.folder / timeline.playlist_name,
+                                     media_playlist(timeline, others).encode())
+            top = multivariant_playlist(self.recorder)
+            if top is not None:
+                write_atomically(self.folder / MULTIVARIANT, top.encode())
+        return changed
+
+    def news(self, key: StreamKey) -> dict[str, object]:
+        """The "cmaf" control message: where the files are and how far each track is."""
+        plan = self.recorder.plan
+        tracks = {}
+        for t in self.recorder.timelines:
+            last = t.last_part()
+            if last is not None:
+                tracks[t.prefix] = [last[0], last[1], t.next_part]
+        return {"key": str(key), "folder": str(self.folder), "tracks": tracks,
+                "ended": any(t.ended for t in self.recorder.timelines), "keep": plan.keep,
+                "target": plan.target_duration, "part_target": plan.part_target_s}
+
+
+class CmafHub(StreamHub):
+    """A viewer-less hub that records one stream for each of its DVR_FMP4 entries."""
+
+    def __init__(self, key: StreamKey, entries: tuple[DvrConfig, ...],
+                 announce: Callable[[dict[str, object]], None]) -> None:
+        super().__init__(key, _no_mux)
+        self.entries = entries
+        self.serving = serving_entry(entries)
+        self.announce = announce
+        self.presentations: list[Presentation] = []
+        self.ended_at: float | None = None  # trio clock: the publisher left
+        self.finished = False
+
+    def _went_live(self) -> None:
+        self.ended_at = None
+        if not self.presentations:
+            video = self.cache.video_config is not None
+            audio = self.cache.audio_config is not None
+            for entry in self.entries:
+                try:
+                    self.presentations.append(Presentation(entry, self.key, video=video,
+                                                           audio=audio))
+                except (OSError, ValueError) as exc:
+                    logger.error("dvr %s: cannot record %s: %s", entry.id, self.key, exc)
+        for pkt in self.cache.snapshot():
+            self._record(pkt)
+
+    def _deliver(self, pkt: MediaPacket, sync: bool) -> None:
+        self._record(pkt)
+
+    def on_session(self) -> None:
+        super().on_session()
+        self._each(lambda p: p.recorder.new_session(time.time()))
+
+    def on_end(self) -> None:
+        super().on_end()
+        self.ended_at = trio.current_time()
+        self._each(lambda p: p.recorder.new_session(time.time()))  # close the segments now
+
+    def finish(self) -> None:
+        """The publisher did not come back: the playlists end, the recordings are complete."""
+        self.finished = True
+        self._each(lambda p: p.recorder.end(time.time()), changed=True)
+
+    def _record(self, pkt: MediaPacket) -> None:
+        if pkt.kind is TrackKind.DATA:
+            return
+        now = time.time()
+        self._each(lambda p: p.recorder.add(pkt, now) + p.recorder.expire(now))
+
+    def _each(self, step: Callable[[Presentation], list[Action]], *,
+              changed: bool = False) -> None:
+        for presentation in list(self.presentations):
+            try:
+                news = presentation.apply(step(presentation), changed=changed)
+            except Mp4WriteError as exc:
+                logger.warning("dvr %s: stops recording %s: %s", presentation.entry.id,
+                               self.key, exc)
+                self.presentations.remove(presentation)
+                continue
+            except OSError as exc:
+                logger.error("dvr %s: cannot write %s: %s", presentation.entry.id,
+                             presentation.folder, exc)
+                self.presentations.remove(presentation)
+                continue
+            if news and presentation.entry is self.serving:
+                self.announce(presentation.news(self.key))
+
+
+def _no_mux(pkt: MediaPacket, variant: object) -> bytes:
+    raise AssertionError("a CmafHub has no viewers")
+
+
+class DvrWorker:
+    def __init__(self, cfg: Config, name: str, ctx: zmq.Context[zmq.Socket[bytes]]) -> None:
+        self.cfg, self.name = cfg, name
+        frontend, backend = bus_endpoints(cfg.server.run_dir)
+        self.subscriber = BusSubscriber(ctx, backend, hwm=cfg.bus.hwm)
+        self.publisher = BusPublisher(ctx, frontend, hwm=cfg.bus.hwm)  # control messages only
+        self.hubs: dict[StreamKey, CmafHub] = {}
+        self.wanted: dict[StreamKey, float] = {}  # live-only presentations asked for, when
+        self.consumer = Consumer(ctx, self.subscriber, {HUB_KIND: self._make_hub})
+        self.consumer.control_handlers.append(self._on_control)
+
+    def _on_control(self, body: dict[str, object]) -> None:
+        if body.get("kind") == WANT:
+            with contextlib.suppress(ValueError):
+                self.wanted[StreamKey.parse(str(body.get("key")))] = trio.current_time()
+
+    def _runs(self, key: StreamKey, now: float) -> bool:
+        """Should the stream's presentations run now?"""
+        entries = cmaf_entries(self.cfg, key)
+        if any(d.mode != "off" for d in entries):
+            return True
+        return bool(entries) and now - self.wanted.get(key, -WANTED_FOR_S) < WANTED_FOR_S
+
+    def _make_hub(self, key: StreamKey) -> StreamHub:
+        hub = self.hubs[key] = CmafHub(key, cmaf_entries(self.cfg, key), self._announce)
+        return hub
+
+    def _announce(self, news: dict[str, object]) -> None:
+        self.publisher.send_control(EVENT, news)
+
+    async def _scan(self, nursery: trio.Nursery) -> None:
+        """Record every stream that has DVR_FMP4 entries; end those whose publisher left."""
+        while True:
+            now = trio.current_time()
+            for info in self.consumer.directory.live(now):
+                if info.key not in self.hubs and self._runs(info.key, now):
+                    nursery.start_soon(self._record, info.key)
+            for key, hub in list(self.hubs.items()):
+                if (hub.ended_at is not None and now - hub.ended_at > END_GRACE_S) or (
+                        not self._runs(key, now)):
+                    hub.finish()
+                    self.consumer.unwatch(key, kind=HUB_KIND)
+                    del self.hubs[key]
+            for key, when in list(self.wanted.items()):
+                if now - when > WANTED_FOR_S:
+                    del self.wanted[key]
+            await trio.sleep(SCAN_INTERVAL_S)
+
+    async def _record(self, key: StreamKey) -> None:
+        if not await self.consumer.wait_published(key, kind=HUB_KIND):
+            self.consumer.unwatch(key, kind=HUB_KIND)
+            self.hubs.pop(key, None)
+
+    async def _report(self) -> None:
+        while True:
+            await trio.sleep(ANNOUNCE_INTERVAL_S)
+            self.publisher.send_control("viewers", {"worker": self.name, "pid": os.getpid(),
+                                                    "streams": {}})
+
+    async def serve(self) -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self.subscriber.serve)
+            nursery.start_soon(self.consumer.serve)
+            nursery.start_soon(self._report)
+            logger.info("%s recording", self.name)
+            await self._scan(nursery)
+
+
+def run_dvr_worker(cfg: Config, name: str) -> None:
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    try:
+        trio.run(DvrWorker(cfg, name, ctx).serve)
+    finally:
+        ctx.destroy(linger=0)
