@@ -56,6 +56,12 @@ def av_media(media_dir: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
+def long_av_media(media_dir: Path) -> Path:
+    """30 s of the same, for players that take their time (HLS, browsers)."""
+    return make_media(media_dir / "long.flv", seconds=30)
+
+
+@pytest.fixture(scope="session")
 def short_av_media(media_dir: Path) -> Path:
     return make_media(media_dir / "short.flv", seconds=4)
 

@@ -14,6 +14,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
+import httpx
 import pytest
 
 from tests.e2e.harness import REPO, cleanup, free_port, publish, start_server, wait_until
@@ -27,6 +28,8 @@ if TYPE_CHECKING:
 pytestmark = pytest.mark.browser
 BROWSER_DIR = REPO / "tests" / "browser"
 PLAY_S = 6
+HLS_PLAY_S = 12
+PLAN_SEGMENT_S = 2.0  # the default DVR_FMP4 segment
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
@@ -90,3 +93,37 @@ def test_mpegts_js_plays_live_flv(cors_server: Server, page_server: str, av_medi
     assert samples[1]["t"] > 0, samples
     assert samples[-1]["t"] - samples[1]["t"] >= (len(samples) - 2) * 0.5 * 0.8, samples
     assert samples[-1]["frames"] >= 25 * (PLAY_S - 1.5), samples
+
+
+@pytest.mark.parametrize("low_latency", [True, False])
+def test_hls_js_plays_live_hls(cors_server: Server, page_server: str, long_av_media: Path,
+                               low_latency: bool) -> None:
+    server = cors_server
+    publisher = publish(server, long_av_media)
+    try:
+        wait_until(lambda: server.stream_status(), 10, "the stream")
+        src = f"http://127.0.0.1:{server.http_port}/live/sample/index.m3u8"
+        flag = "1" if low_latency else "0"
+        if not low_latency:
+            # Standard HLS starts three segments from the live edge: let a presentation that
+            # starts on demand (at this request) have them, as a stream that is watched has.
+            assert httpx.get(src, timeout=15).status_code == 200
+            time.sleep(3 * PLAN_SEGMENT_S)
+        report = play_in_browser(f"{page_server}/hls.html?lowLatency={flag}&src={src}",
+                                 HLS_PLAY_S)
+    finally:
+        publisher.kill()
+        publisher.communicate()
+    assert report["supported"], report
+    assert report["fatal"] == [], f"{report}\nserver log:\n{server.log()}"
+    assert report["levels"] == [{"width": 320, "height": 240, "codecs": "avc1,mp4a"}]
+    assert report["audioTracks"] == 1
+    samples = [s for s in report["samples"] if s["t"] > 0]
+    assert len(samples) >= len(report["samples"]) - 8, report["samples"]  # started in 4 s
+    assert samples[-1]["t"] - samples[0]["t"] >= (len(samples) - 1) * 0.5 * 0.8, samples
+    # hls.js's own estimate of its distance from the live edge (PROGRAM-DATE-TIME).
+    latency = report["latency"][-4:]
+    print(f"\n{'LL-' if low_latency else ''}HLS latency in hls.js: {latency}")
+    if low_latency:
+        assert report["partLoads"] > 0  # it followed the parts, not only segments
+        assert max(latency) < 3.0, report["latency"]
