@@ -25,6 +25,7 @@ from broker.hub import StreamHub
 from broker.packet import StreamKey, TrackKind
 from broker.zsock import BusPublisher, BusSubscriber, bus_endpoints
 from control.config import location_for
+from egress.dash.mpd import MPD_NAME, mpd
 from egress.dvr.paths import dvr_path
 from egress.fmp4.fragmenter import Mp4WriteError
 from egress.fmp4.segmenter import (
@@ -128,6 +129,9 @@ class Presentation:
             top = multivariant_playlist(self.recorder)
             if top is not None:
                 write_atomically(self.folder / MULTIVARIANT, top.encode())
+            manifest = mpd(self.recorder, now=time.time())
+            if manifest is not None:
+                write_atomically(self.folder / MPD_NAME, manifest.encode())
         return changed
 
     def news(self, key: StreamKey) -> dict[str, object]:
@@ -167,7 +171,14 @@ class CmafHub(StreamHub):
                                                            audio=audio))
                 except (OSError, ValueError) as exc:
                     logger.error("dvr %s: cannot record %s: %s", entry.id, self.key, exc)
-        for pkt in self.cache.snapshot():
+        snapshot = self.cache.snapshot()
+        # The cached GOP comes in one burst: its last frame is the one that is live now.
+        frames = [p for p in snapshot if p.kind is not TrackKind.DATA and not p.is_config]
+        if frames:
+            now = time.time()
+            for presentation in self.presentations:
+                presentation.recorder.set_clock(max(p.dts / p.timescale for p in frames), now)
+        for pkt in snapshot:
             self._record(pkt)
 
     def _deliver(self, pkt: MediaPacket, sync: bool) -> None:

@@ -14,6 +14,7 @@ from broker.fanout import ViewerQueue
 from broker.hub import Viewer
 from broker.packet import DEFAULT_INSTANCE, StreamKey
 from control.config import location_for
+from egress.dash.mpd import TIME_PATH, iso_now
 from egress.flv_live import FlvHandler, Framing, http_live, ws_live
 from egress.fmp4.live import Fmp4Handler
 from egress.presentations import Presentations, parse_path
@@ -81,6 +82,7 @@ class EgressApp:
         consumer.control_handlers.append(self.presentations.on_control)
         self.app = Starlette(routes=[
             Route("/api/streams", self.streams),
+            Route(TIME_PATH, self.time),
             Route("/{path:path}", self.http_get, methods=["GET", "HEAD"]),
             WebSocketRoute("/{path:path}", self.websocket),
         ])
@@ -122,7 +124,8 @@ class EgressApp:
             if loc is not None and loc.handler == "http_file":
                 if (off := self._dvr_missing(file.key, "DVR_FMP4", "HLS/DASH")) is not None:
                     return PlainTextResponse(off, 404, headers=headers)
-                return await self.presentations.serve(file, request.query_params, headers)
+                base = str(request.base_url).rstrip("/")
+                return await self.presentations.serve(file, request.query_params, headers, base)
         route = self.live_route(request.url.path)
         if route is None:
             return PlainTextResponse("not found\n", 404, headers=headers)
@@ -142,6 +145,11 @@ class EgressApp:
         viewer = route.viewer(queue, Framing.PLAIN, websocket=True)
         await ws_live(self.consumer, route.key, viewer, queue, kind=route.format.kind,
                       websocket=websocket)
+
+    async def time(self, request: Request) -> Response:
+        """The server's clock for DASH players (UTCTiming urn:mpeg:dash:utc:http-iso:2014)."""
+        return PlainTextResponse(iso_now(), headers={
+            "Cache-Control": "no-store", **self.cors_headers(request.headers.get("origin"))})
 
     async def streams(self, request: Request) -> Response:
         """This worker's view: the live streams on the bus and its own viewers."""

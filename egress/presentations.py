@@ -15,12 +15,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
 import trio
-from starlette.responses import FileResponse, PlainTextResponse, Response
+from starlette.responses import FileResponse, PlainTextResponse, Response, StreamingResponse
 
 from broker.packet import DEFAULT_INSTANCE, StreamKey
+from egress.dash.mpd import TIME_PATH
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Mapping
+    from collections.abc import AsyncIterator, Callable, Mapping
 
 EVENT: Final = "cmaf"
 WANT: Final = "cmaf-want"
@@ -36,8 +37,8 @@ BLOCK_TARGETS: Final = 3
 # How many segments ahead of the last one _HLS_msn may name before the answer is 400.
 MSN_ADVANCE_LIMIT: Final = 2
 
-_FILE = (r"(?P<file>index\.m3u8|index\.mpd|(?P<track>[va])(?:\.m3u8|-init-\d+\.m4s|-\d+\.m4s"
-         r"|-p(?P<part>\d+)\.m4s))")
+_FILE = (r"(?P<file>index\.m3u8|index\.mpd|(?P<track>[va])(?:\.m3u8|-init-\d+\.m4s"
+         r"|-(?P<msn>\d+)\.m4s|-p(?P<part>\d+)\.m4s))")
 _PATH = re.compile(r"/(?P<stream>[^/]+/(?:[^/]+/)?[^/]+)/" + _FILE)
 CONTENT_TYPES: Final = {".m3u8": "application/vnd.apple.mpegurl", ".mpd": "application/dash+xml",
                         ".m4s": "video/iso.segment"}
@@ -49,6 +50,7 @@ class FileRequest:
     file: str
     track: str | None  # "v" or "a" for a track's files
     part: int | None  # the part number of a part file
+    msn: int | None = None  # the media sequence number of a segment file
 
     @property
     def is_media_playlist(self) -> bool:
@@ -66,8 +68,9 @@ def parse_path(path: str) -> FileRequest | None:
         parts.insert(1, DEFAULT_INSTANCE)
     if any(p.startswith("$") or "\x00" in p for p in parts):
         return None
-    part = m["part"]
-    return FileRequest(StreamKey(*parts), m["file"], m["track"], int(part) if part else None)
+    part, msn = m["part"], m["msn"]
+    return FileRequest(StreamKey(*parts), m["file"], m["track"], int(part) if part else None,
+                       int(msn) if msn else None)
 
 
 class Blocking(NamedTuple):
@@ -167,7 +170,7 @@ class Presentations:
         return None
 
     async def serve(self, req: FileRequest, query: Mapping[str, str],
-                    headers: dict[str, str]) -> Response:
+                    headers: dict[str, str], base_url: str) -> Response:
         try:
             blocking = blocking_query(query) if req.is_media_playlist else None
         except BadRequest as exc:
@@ -206,15 +209,69 @@ class Presentations:
             if await self.wait_for(req.key, written, limit_s) is None:
                 return PlainTextResponse("the part did not come in time\n", 503,
                                          headers=headers)
-        return self._file(req, headers)
+        elif (req.msn is not None and progress is not None and not current.ended
+              and progress.msn <= req.msn <= progress.msn + 1):
+            # The segment being written (or the next): low-latency DASH reads it as it grows.
+            return StreamingResponse(self._growing(req, req.msn, limit_s),
+                                     media_type=CONTENT_TYPES[".m4s"], headers=headers)
+        return self._file(req, headers, base_url)
 
-    def _file(self, req: FileRequest, headers: dict[str, str]) -> Response:
+    async def _growing(self, req: FileRequest, msn: int, limit_s: float) -> AsyncIterator[bytes]:
+        """A segment's parts as each is written; what is left from the segment file once it
+        is whole. (The DVR worker writes a segment file before the next segment's parts.)"""
+        track = req.track or ""
+
+        def opened(p: Presentation) -> bool:
+            t = p.tracks.get(track)
+            return p.ended or (t is not None and t.msn >= msn)
+
+        current = await self.wait_for(req.key, opened, limit_s)
+        progress = current.tracks.get(track) if current is not None else None
+        if current is None or progress is None:
+            return
+        folder, sent = current.folder, 0
+        number = progress.next_part - 1 - progress.part if progress.msn == msn else None
+        while True:
+            part = folder / f"{track}-p{number}.m4s" if number is not None else None
+            part_there = part is not None and part.is_file()
+            whole = folder / f"{track}-{msn}.m4s"
+            if whole.is_file():
+                yield whole.read_bytes()[sent:]
+                return
+            if number is None:
+                return  # whole before we came, and gone since
+            if part_there:
+                data = part.read_bytes() if part is not None else b""
+                sent += len(data)
+                yield data
+                number += 1
+                continue
+
+            def moved(p: Presentation, wanted: int = number) -> bool:
+                t = p.tracks.get(track)
+                return p.ended or t is None or t.msn > msn or t.next_part > wanted
+
+            if await self.wait_for(req.key, moved, limit_s) is None:
+                return
+            if self.known[req.key].ended and not whole.is_file():
+                return
+
+    def _file(self, req: FileRequest, headers: dict[str, str], base_url: str) -> Response:
         presentation = self.known[req.key]
         path = presentation.folder / req.file
-        if not path.is_file():
-            return PlainTextResponse("not found\n", 404, headers=headers)
         suffix = path.suffix
         media_type = "video/mp4" if "-init-" in req.file else CONTENT_TYPES[suffix]
-        if suffix in (".m3u8", ".mpd"):
-            headers = {**headers, "Cache-Control": "no-cache"}
-        return FileResponse(path, media_type=media_type, headers=headers)
+        try:
+            if suffix in (".m3u8", ".mpd"):
+                # Replaced (by a rename) many times a second: read it in one go, as one file.
+                data = path.read_bytes()
+                if suffix == ".mpd":  # the server's clock, as an absolute URL
+                    data = data.replace(f'"{TIME_PATH}"'.encode(),
+                                        f'"{base_url}{TIME_PATH}"'.encode())
+                return Response(data, media_type=media_type,
+                                headers={**headers, "Cache-Control": "no-cache"})
+            if path.is_file():  # media files never change once there
+                return FileResponse(path, media_type=media_type, headers=headers)
+        except FileNotFoundError:
+            pass
+        return PlainTextResponse("not found\n", 404, headers=headers)

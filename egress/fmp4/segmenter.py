@@ -100,6 +100,7 @@ class Segment:
     wall: float  # wall clock (epoch seconds) at its start: PROGRAM-DATE-TIME
     discontinuity: bool  # first of a new publishing session
     independent: bool
+    session: int = 0  # publishing sessions of the presentation, from 0 (DASH periods)
     parts: list[Part] = field(default_factory=list)
     ticks: int = 0  # duration so far, track timescale
     size: int = 0
@@ -131,7 +132,11 @@ class TrackTimeline:
         self.cut = True  # the next fragment opens a segment
         self.discontinuity = False  # ... the first of a new session
         self.ended = False
-        self._wall: tuple[int, float] | None = None  # (decode time, wall clock) of a session
+        self._clock: float | None = None  # wall clock minus media time, this session
+        self.session = -1
+        # Per session: its first segment's start (seconds of media time) and wall clock.
+        self.sessions: dict[int, tuple[float, float]] = {}
+        self.first_session: tuple[float, float] | None = None  # kept when trimmed: DASH's AST
         self._removed: list[tuple[float, list[str]]] = []  # files to delete after a delay
 
     # -- names
@@ -175,20 +180,23 @@ class TrackTimeline:
         self.cut = True  # a new init starts a segment: EXT-X-MAP changes only between them
         return [WriteFile(self.init_name(self.init), init.data)]
 
-    def on_fragment(self, frag: Fragment, now: float) -> list[Action]:
+    def on_fragment(self, frag: Fragment, now: float, clock: float) -> list[Action]:
+        """Add a part; `clock` is the session's wall clock minus media time (seconds)."""
         span = frag.tracks[0]
         actions: list[Action] = []
         seg = self.open_segment
         if seg is None or self.cut:
             if seg is not None:
                 actions += self._close(seg, now)
-            if self._wall is None or self.discontinuity:
-                # The part was cut just now, when the packet after it came: its end is "now".
-                self._wall = (span.end, now)
-            decode, wall = self._wall
+            if self._clock is None or self.discontinuity:
+                self._clock = clock  # fixed for the session: its PROGRAM-DATE-TIMEs agree
+                self.session += 1
             seg = Segment(self.next_msn, self.init, span.start, span.timescale,
-                          wall + (span.start - decode) / span.timescale, self.discontinuity,
-                          frag.keyframe)
+                          self._clock + span.start / span.timescale, self.discontinuity,
+                          frag.keyframe, self.session)
+            self.sessions.setdefault(self.session, (span.start / span.timescale, seg.wall))
+            if self.first_session is None:
+                self.first_session = self.sessions[self.session]
             self.segments.append(seg)
             self.next_msn += 1
             self.cut = self.discontinuity = False
@@ -236,6 +244,8 @@ class TrackTimeline:
             if self.segments[0].init != old.init:
                 files.append(self.init_name(old.init))
             self._removed.append((now, files))
+        for session in [k for k in self.sessions if k < self.segments[0].session]:
+            del self.sessions[session]
         return self.expire(now)
 
 
@@ -256,6 +266,7 @@ class CmafRecorder:
         self._video_fr = self._fragmenter(video=True) if video else None
         self._audio_fr = self._fragmenter(video=False) if audio else None
         self._seg_start: float | None = None  # media seconds of the segment being filled
+        self._clock: float | None = None  # wall clock minus media time (set_clock)
         self._seg_keyframe = True  # it started at a keyframe (or has no video)
         self._seg_size = 0
         self._seg_frames = 0
@@ -279,6 +290,8 @@ class CmafRecorder:
         if fragmenter is None or timeline is None:
             return []
         actions: list[Action] = []
+        if not pkt.is_config:
+            self.set_clock(_media_s(pkt), now)
         cut = not pkt.is_config and self._cuts_before(pkt)
         if cut and pkt.kind is TrackKind.AUDIO:  # an audio-only stream: cut before the frame
             actions += self._cut(now)
@@ -300,6 +313,7 @@ class CmafRecorder:
         self._video_fr = self._fragmenter(video=True) if self.video else None
         self._audio_fr = self._fragmenter(video=False) if self.audio else None
         self._seg_start = None
+        self._clock = None
         return actions
 
     def end(self, now: float) -> list[Action]:
@@ -363,8 +377,15 @@ class CmafRecorder:
                 timeline.cut = True
         return actions
 
-    @staticmethod
-    def _events(timeline: TrackTimeline, events: list[InitSegment | Fragment],
+    def set_clock(self, media_s: float, now: float) -> None:
+        """Media time `media_s` was live at wall clock `now`. The recorder keeps the least
+        delay seen (wall minus media) in a session: frames that waited, in the GOP a late
+        start is fed from or behind a slow read, must not make the stream look later."""
+        offset = now - media_s
+        if self._clock is None or offset < self._clock:
+            self._clock = offset
+
+    def _events(self, timeline: TrackTimeline, events: list[InitSegment | Fragment],
                 now: float) -> list[Action]:
         actions: list[Action] = []
         for event in events:
@@ -372,5 +393,6 @@ class CmafRecorder:
                 actions += timeline.close(now)
                 actions += timeline.on_init(event)
             else:
-                actions += timeline.on_fragment(event, now)
+                clock = self._clock if self._clock is not None else now - event.start_s
+                actions += timeline.on_fragment(event, now, clock)
         return actions

@@ -1,0 +1,1 @@
+"""MPEG-DASH: the manifest of the DVR worker's CMAF presentations."""
