@@ -73,8 +73,10 @@ def mpd(recorder: CmafRecorder, *, now: float) -> str | None:
     ref = _reference(recorder)
     ended = any(t.ended for t in timelines)
     attrs = [f'xmlns="urn:mpeg:dash:schema:mpd:2011" profiles="{PROFILES}"']
+    sessions = sorted({s.session for s in ref.segments})
+    spans = {k: sum(s.duration for s in ref.segments if s.session == k) for k in sessions}
     if ended:
-        total = max(t.segments[-1].end / t.segments[-1].timescale for t in timelines)
+        total = sum(spans.values())
         attrs.append(f'type="static" mediaPresentationDuration="{_duration(total)}"')
     else:
         attrs.append(
@@ -90,12 +92,13 @@ def mpd(recorder: CmafRecorder, *, now: float) -> str | None:
         latency_ms = round(3 * plan.part_target_s * 1000)
         lines.append(f'  <ServiceDescription id="0"><Latency target="{latency_ms}"/>'
                      "</ServiceDescription>")
-    for session in sorted({s.session for s in ref.segments}):
+    played = 0.0
+    for session in sessions:
         first_media_s, first_wall = ref.sessions[session]
-        # Dynamic: on the wall clock from AST. Static (the recording is over): from the
-        # first session's start, so the presentation starts at 0.
-        assert ref.first_session is not None
-        start = first_wall - (ref.first_session[1] if ended else ast)
+        # Dynamic: on the wall clock from AST. Static (the recording is over): one Period
+        # after the other from 0, the pauses between publishers left out.
+        start = played if ended else first_wall - ast
+        played += spans[session]
         lines.append(f'  <Period id="p{session}" start="{_duration(start)}">')
         for index, timeline in enumerate(timelines):
             segments = [s for s in timeline.segments if s.session == session]

@@ -154,3 +154,28 @@ def test_dash_js_plays_live_dash(cors_server: Server, page_server: str, long_av_
     print(f"\n{'LL-' if low_latency else ''}DASH latency in dash.js: {latency}")
     if low_latency:
         assert max(latency) < 3.0, report["latency"]
+
+
+@pytest.mark.parametrize("scheme", ["ws", "http"])
+def test_mse_plays_live_fmp4(cors_server: Server, page_server: str, long_av_media: Path,
+                             scheme: str) -> None:
+    server = cors_server
+    publisher = publish(server, long_av_media)
+    try:
+        wait_until(lambda: server.stream_status(), 10, "the stream")
+        # The codecs of the stream's init segment, as the server's HLS playlist states them.
+        top = httpx.get(server.http("/live/sample/index.m3u8"), timeout=15).text
+        codecs = top.split('CODECS="', 1)[1].split('"', 1)[0]
+        src = f"{scheme}://127.0.0.1:{server.http_port}/live/sample.mp4"
+        report = play_in_browser(f"{page_server}/mse.html?codecs={codecs}&src={src}",
+                                 HLS_PLAY_S)
+    finally:
+        publisher.kill()
+        publisher.communicate()
+    assert report["supported"], report
+    assert report["fatal"] == [], f"{report}\nserver log:\n{server.log()}"
+    samples = [s for s in report["samples"] if s["t"] > 0]
+    assert len(samples) >= len(report["samples"]) - 4, report["samples"]  # started in 2 s
+    # Ten seconds and more of playback that keeps up with the wall clock.
+    assert samples[-1]["t"] - samples[0]["t"] >= 10 * 0.8, samples
+    assert samples[-1]["frames"] >= 25 * 10, samples

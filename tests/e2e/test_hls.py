@@ -23,6 +23,7 @@ from tests.e2e.harness import (
     start_server,
     wait_until,
 )
+from tests.e2e.test_dash import ffmpeg_packets
 from tests.egress.test_segmenter import check_playlist, extinfs
 
 if TYPE_CHECKING:
@@ -178,7 +179,8 @@ def test_reconnecting_publisher_gives_a_discontinuity(one_egress: Server,
 
 
 @pytest.mark.parametrize("kind", ["audio", "video"])
-def test_single_track_streams_play_over_hls(server: Server, kind: str, media_dir: Path) -> None:
+def test_single_track_streams_play_over_hls_and_dash(server: Server, kind: str,
+                                                    media_dir: Path) -> None:
     media = make_media(media_dir / f"{kind}-12s.flv", seconds=12, video=kind == "video",
                        audio=kind == "audio")
     publisher = publish(server, media)
@@ -188,9 +190,12 @@ def test_single_track_streams_play_over_hls(server: Server, kind: str, media_dir
         assert "EXT-X-MEDIA" not in top
         assert top.rstrip().endswith("a.m3u8" if kind == "audio" else "v.m3u8")
         got = read_hls(playlist_url(server), 3)
+        dash = ffmpeg_packets(server.http("/live/sample/index.mpd"), 3)
     finally:
         kill(publisher)
     assert list(got["codecs"]) == [kind]
+    assert list(dash) == [0]  # DASH too: one AdaptationSet
+    assert len(dash[0]) >= (60 if kind == "video" else 100)
     if kind == "video":
         assert len(got["video"]) >= 60
     else:
