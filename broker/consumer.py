@@ -59,7 +59,7 @@ class Consumer:
         self._watched: dict[HubId, _Watched] = {}
         self._changed = trio.Event()  # set whenever the directory or a hub's state changes
         self._nursery: trio.Nursery | None = None
-        # Called with every control message the directory does not consume (e.g. "cmaf").
+        # Called with every control message (after the directory has seen it).
         self.control_handlers: list[Callable[[dict[str, Any]], None]] = []
         subscriber.subscribe(wire.CONTROL_TOPIC, self._on_control)
 
@@ -169,10 +169,9 @@ class Consumer:
         except wire.WireError:
             return
         key = self.directory.on_control(body, trio.current_time())
-        if key is None:
-            for handler in self.control_handlers:
-                handler(body)
-        else:
+        for handler in self.control_handlers:
+            handler(body)
+        if key is not None:
             for (watched_key, _), watched in self._watched.items():
                 if watched_key == key and watched.feed.needs_snapshot and not watched.joining:
                     self._join(key, watched)

@@ -10,7 +10,6 @@ the files and hold LL-HLS blocking playlist reloads until the part they wait for
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import time
@@ -57,7 +56,9 @@ HUB_KIND: Final = "cmaf"
 # A publisher back within this continues the presentation after a discontinuity; past it the
 # playlists end (ENDLIST) and a recording is complete.
 END_GRACE_S: Final = 10.0
-SCAN_INTERVAL_S: Final = 0.25  # how often the stream directory is looked at for new streams
+# The stream directory is looked at when a stream is announced or a presentation asked for,
+# and at least this often (for the publishers that left).
+SCAN_INTERVAL_S: Final = 1.0
 # Files of ours in a presentation folder (removed before a new live presentation starts there).
 OWN_SUFFIXES: Final = (".m4s", ".m3u8", ".mpd", ".tmp")
 
@@ -235,13 +236,22 @@ class DvrWorker:
         self.publisher = BusPublisher(ctx, frontend, hwm=cfg.bus.hwm)  # control messages only
         self.hubs: dict[StreamKey, CmafHub] = {}
         self.wanted: dict[StreamKey, float] = {}  # live-only presentations asked for, when
+        self._wake = trio.Event()
         self.consumer = Consumer(ctx, self.subscriber, {HUB_KIND: self._make_hub})
         self.consumer.control_handlers.append(self._on_control)
 
     def _on_control(self, body: dict[str, object]) -> None:
-        if body.get("kind") == WANT:
-            with contextlib.suppress(ValueError):
-                self.wanted[StreamKey.parse(str(body.get("key")))] = trio.current_time()
+        kind = body.get("kind")
+        if kind not in (WANT, "stream"):
+            return
+        try:
+            key = StreamKey.parse(str(body.get("key")))
+        except ValueError:
+            return
+        if kind == WANT:
+            self.wanted[key] = trio.current_time()
+        if key not in self.hubs and self._runs(key, trio.current_time()):
+            self._wake.set()  # a stream to record now
 
     def _runs(self, key: StreamKey, now: float) -> bool:
         """Should the stream's presentations run now?"""
@@ -273,7 +283,9 @@ class DvrWorker:
             for key, when in list(self.wanted.items()):
                 if now - when > WANTED_FOR_S:
                     del self.wanted[key]
-            await trio.sleep(SCAN_INTERVAL_S)
+            with trio.move_on_after(SCAN_INTERVAL_S):
+                await self._wake.wait()
+            self._wake = trio.Event()
 
     async def _record(self, key: StreamKey) -> None:
         if not await self.consumer.wait_published(key, kind=HUB_KIND):
