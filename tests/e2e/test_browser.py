@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 pytestmark = pytest.mark.browser
 BROWSER_DIR = REPO / "tests" / "browser"
 PLAY_S = 6
-HLS_PLAY_S = 12
+HLS_PLAY_S = 15  # seconds in the browser: at least 10 of them playing
 PLAN_SEGMENT_S = 2.0  # the default DVR_FMP4 segment
 
 
@@ -121,6 +121,7 @@ def test_hls_js_plays_live_hls(cors_server: Server, page_server: str, long_av_me
     samples = [s for s in report["samples"] if s["t"] > 0]
     assert len(samples) >= len(report["samples"]) - 8, report["samples"]  # started in 4 s
     assert samples[-1]["t"] - samples[0]["t"] >= (len(samples) - 1) * 0.5 * 0.8, samples
+    assert samples[-1]["t"] - samples[0]["t"] >= 10, samples
     # hls.js's own estimate of its distance from the live edge (PROGRAM-DATE-TIME).
     latency = report["latency"][-4:]
     print(f"\n{'LL-' if low_latency else ''}HLS latency in hls.js: {latency}")
@@ -148,6 +149,7 @@ def test_dash_js_plays_live_dash(cors_server: Server, page_server: str,
     samples = [s for s in report["samples"] if s["t"] > 0]
     assert len(samples) >= len(report["samples"]) - 10, report["samples"]  # started in 5 s
     assert samples[-1]["t"] - samples[0]["t"] >= (len(samples) - 1) * 0.5 * 0.7, samples
+    assert samples[-1]["t"] - samples[0]["t"] >= 10, samples
     # dash.js's own latency estimate: its synced clock against the MPD's timeline.
     latency = report["latency"][-4:]
     print(f"\nLL-DASH latency in dash.js: {latency}")
@@ -175,5 +177,5 @@ def test_mse_plays_live_fmp4(cors_server: Server, page_server: str, long_av_medi
     samples = [s for s in report["samples"] if s["t"] > 0]
     assert len(samples) >= len(report["samples"]) - 4, report["samples"]  # started in 2 s
     # Ten seconds and more of playback that keeps up with the wall clock.
-    assert samples[-1]["t"] - samples[0]["t"] >= 10 * 0.8, samples
+    assert samples[-1]["t"] - samples[0]["t"] >= 10, samples
     assert samples[-1]["frames"] >= 25 * 10, samples
