@@ -1,7 +1,8 @@
 """The DVR worker process: writes what the DVR entries ask for to disk.
 
-For every live stream whose [[rtmp.location]] has DVR_FMP4 entries, a CmafHub (a StreamHub
-with no viewers) feeds one CmafRecorder per entry and writes its files: parts, segments and
+For every live stream whose [[rtmp.location]] has DVR entries, a RecordingHub (a StreamHub
+with no viewers) feeds an FlvRecording per DVR_FLV entry (egress/dvr/flv_writer.py) and a
+CmafRecorder per DVR_FMP4 entry, whose files it writes: parts, segments and
 init segments first, each under a temporary name and renamed into place, then the playlists,
 so a reader never sees half a file nor a playlist naming a file that is not there. Each
 change is announced on the bus ("cmaf" control messages) for the egress workers, which serve
@@ -25,6 +26,7 @@ from broker.packet import StreamKey, TrackKind
 from broker.zsock import BusPublisher, BusSubscriber, bus_endpoints
 from control.config import location_for
 from egress.dash.mpd import MPD_NAME, mpd
+from egress.dvr.flv_writer import FlvRecording
 from egress.dvr.paths import dvr_path
 from egress.fmp4.fragmenter import Mp4WriteError
 from egress.fmp4.segmenter import (
@@ -52,7 +54,7 @@ WANT: Final = "cmaf-want"  # ... and of an egress worker asking for one
 # at the first request (from the GOP the bus keeps, so the first segment is there at once)
 # and stops when nobody asked for this long. Recordings run whenever the stream is live.
 WANTED_FOR_S: Final = 30.0
-HUB_KIND: Final = "cmaf"
+HUB_KIND: Final = "dvr"
 # A publisher back within this continues the presentation after a discontinuity; past it the
 # playlists end (ENDLIST) and a recording is complete.
 END_GRACE_S: Final = 10.0
@@ -76,12 +78,18 @@ def plan_for(entry: DvrConfig) -> SegmentPlan:
                        max_size=entry.max_size_bytes, max_frames=entry.max_frames)
 
 
-def cmaf_entries(cfg: Config, key: StreamKey) -> tuple[DvrConfig, ...]:
-    """The DVR_FMP4 entries that record `key`. ("manual" ones start from the control API.)"""
+def dvr_entries(cfg: Config, key: StreamKey, name: str) -> tuple[DvrConfig, ...]:
+    """The DVR entries of that name which record `key` ("manual" ones start from the
+    control API; DVR_FLV ones in mode "off" write nothing)."""
     loc = location_for(cfg.rtmp.location, f"/{key.app}")
     if loc is None:
         return ()
-    return tuple(d for d in loc.dvr if d.name == "DVR_FMP4" and d.mode != "manual")
+    return tuple(d for d in loc.dvr if d.name == name and d.mode != "manual"
+                 and not (name == "DVR_FLV" and d.mode == "off"))
+
+
+def cmaf_entries(cfg: Config, key: StreamKey) -> tuple[DvrConfig, ...]:
+    return dvr_entries(cfg, key, "DVR_FMP4")
 
 
 def serving_entry(entries: tuple[DvrConfig, ...]) -> DvrConfig | None:
@@ -148,16 +156,20 @@ class Presentation:
                 "target": plan.target_duration, "part_target": plan.part_target_s}
 
 
-class CmafHub(StreamHub):
-    """A viewer-less hub that records one stream for each of its DVR_FMP4 entries."""
+class RecordingHub(StreamHub):
+    """A viewer-less hub that records one stream for each of its DVR entries: a CMAF
+    presentation per DVR_FMP4 entry, FLV files per DVR_FLV entry."""
 
     def __init__(self, key: StreamKey, entries: tuple[DvrConfig, ...],
+                 flv_entries: tuple[DvrConfig, ...],
                  announce: Callable[[dict[str, object]], None]) -> None:
         super().__init__(key, _no_mux)
         self.entries = entries
+        self.flv_entries = flv_entries
         self.serving = serving_entry(entries)
         self.announce = announce
         self.presentations: list[Presentation] = []
+        self.recordings: list[FlvRecording] = []  # this publishing session's
         self.ended_at: float | None = None  # trio clock: the publisher left
         self.finished = False
 
@@ -172,6 +184,14 @@ class CmafHub(StreamHub):
                                                            audio=audio))
                 except (OSError, ValueError) as exc:
                     logger.error("dvr %s: cannot record %s: %s", entry.id, self.key, exc)
+        if not self.recordings:
+            for entry in self.flv_entries:
+                try:
+                    self.recordings.append(FlvRecording(
+                        entry, self.key, audio=self.cache.audio_config is not None,
+                        video=self.cache.video_config is not None))
+                except ValueError as exc:
+                    logger.warning("dvr %s: %s: %s", entry.id, self.key, exc)
         snapshot = self.cache.snapshot()
         # The cached GOP comes in one burst: its last frame is the one that is live now.
         frames = [p for p in snapshot if p.kind is not TrackKind.DATA and not p.is_config]
@@ -188,11 +208,22 @@ class CmafHub(StreamHub):
     def on_session(self) -> None:
         super().on_session()
         self._each(lambda p: p.recorder.new_session(time.time()))
+        self._close_files()  # a new publisher: new headers, new files
 
     def on_end(self) -> None:
         super().on_end()
         self.ended_at = trio.current_time()
         self._each(lambda p: p.recorder.new_session(time.time()))  # close the segments now
+        self._close_files()
+
+    def _close_files(self) -> None:
+        recordings, self.recordings = self.recordings, []
+        for recording in recordings:
+            try:
+                recording.close()
+            except OSError as exc:
+                logger.error("dvr %s: cannot finish %s: %s", recording.entry.id,
+                             recording.path, exc)
 
     def finish(self) -> None:
         """The publisher did not come back: the playlists end, the recordings are complete."""
@@ -200,6 +231,13 @@ class CmafHub(StreamHub):
         self._each(lambda p: p.recorder.end(time.time()), changed=True)
 
     def _record(self, pkt: MediaPacket) -> None:
+        for recording in list(self.recordings):
+            try:
+                recording.add(pkt)
+            except OSError as exc:
+                logger.error("dvr %s: stops recording %s: %s", recording.entry.id,
+                             recording.path, exc)
+                self.recordings.remove(recording)
         if pkt.kind is TrackKind.DATA:
             return
         now = time.time()
@@ -225,7 +263,7 @@ class CmafHub(StreamHub):
 
 
 def _no_mux(pkt: MediaPacket, variant: object) -> bytes:
-    raise AssertionError("a CmafHub has no viewers")
+    raise AssertionError("a RecordingHub has no viewers")
 
 
 class DvrWorker:
@@ -234,7 +272,7 @@ class DvrWorker:
         frontend, backend = bus_endpoints(cfg.server.run_dir)
         self.subscriber = BusSubscriber(ctx, backend, hwm=cfg.bus.hwm)
         self.publisher = BusPublisher(ctx, frontend, hwm=cfg.bus.hwm)  # control messages only
-        self.hubs: dict[StreamKey, CmafHub] = {}
+        self.hubs: dict[StreamKey, RecordingHub] = {}
         self.wanted: dict[StreamKey, float] = {}  # live-only presentations asked for, when
         self._wake = trio.Event()
         self.consumer = Consumer(ctx, self.subscriber, {HUB_KIND: self._make_hub})
@@ -256,12 +294,14 @@ class DvrWorker:
     def _runs(self, key: StreamKey, now: float) -> bool:
         """Should the stream's presentations run now?"""
         entries = cmaf_entries(self.cfg, key)
-        if any(d.mode != "off" for d in entries):
+        if any(d.mode != "off" for d in entries) or dvr_entries(self.cfg, key, "DVR_FLV"):
             return True
         return bool(entries) and now - self.wanted.get(key, -WANTED_FOR_S) < WANTED_FOR_S
 
     def _make_hub(self, key: StreamKey) -> StreamHub:
-        hub = self.hubs[key] = CmafHub(key, cmaf_entries(self.cfg, key), self._announce)
+        hub = self.hubs[key] = RecordingHub(key, cmaf_entries(self.cfg, key),
+                                            dvr_entries(self.cfg, key, "DVR_FLV"),
+                                            self._announce)
         return hub
 
     def _announce(self, news: dict[str, object]) -> None:

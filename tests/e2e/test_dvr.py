@@ -1,0 +1,137 @@
+"""DVR_FLV through a real rtmpmate: recordings PyAV reads whole, limits that cut files, and a
+DVR worker killed with SIGKILL in the middle of a recording."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from typing import TYPE_CHECKING, Any
+
+import av
+import pytest
+
+from tests.e2e.harness import (
+    cleanup,
+    finish,
+    media_report,
+    publish,
+    start_server,
+    wait_until,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+    from pathlib import Path
+
+    from tests.e2e.harness import Server
+
+
+def flv_dvr(**keys: Any) -> Callable[[dict[str, Any]], None]:
+    def tweak(doc: dict[str, Any]) -> None:
+        for dvr in doc["rtmp"]["location"][0]["dvr"]:
+            if dvr["name"] == "DVR_FLV":
+                dvr.update(keys)
+    return tweak
+
+
+def folder(server: Server) -> Path:
+    return server.workdir / "var" / "dvr" / "live" / "_definst_"
+
+
+def frames(path: Path) -> tuple[int, int, float]:
+    """Video frames, audio frames and the duration PyAV finds in a file."""
+    video = audio = 0
+    with av.open(str(path)) as container:
+        duration = (container.duration or 0) / 1_000_000
+        for packet in container.demux():
+            if packet.size == 0:
+                continue
+            if packet.stream.type == "video":
+                video += 1
+            elif packet.stream.type == "audio":
+                audio += 1
+    return video, audio, duration
+
+
+@pytest.fixture
+def recording_server(request: pytest.FixtureRequest) -> Iterator[Server]:
+    srv = start_server(ingest=1, egress=1, tweak=flv_dvr(**request.param))
+    yield srv
+    cleanup(srv)
+
+
+@pytest.mark.parametrize("recording_server", [{"mode": "all"}], indirect=True)
+def test_all_mode_records_every_frame(recording_server: Server, av_media: Path) -> None:
+    server = recording_server
+    sent = media_report(av_media)
+    finish(publish(server, av_media), 40)
+    path = folder(server) / "sample.flv"
+    wait_until(lambda: path.exists() and not path.with_name("sample.flv.tmp").exists()
+               and b"keyframes" in path.read_bytes()[:4096], 15, "the finished recording")
+    video, audio, duration = frames(path)
+    assert video == len(sent.video)
+    assert abs(audio - len(sent.audio)) <= 1
+    assert duration == pytest.approx(10, abs=0.2)
+
+
+@pytest.mark.parametrize("recording_server", [{"mode": "all", "max_time": 3000}],
+                         indirect=True)
+def test_max_time_cuts_files_at_keyframes(recording_server: Server, av_media: Path) -> None:
+    server = recording_server
+    sent = media_report(av_media)
+    finish(publish(server, av_media), 40)
+    # GOPs of 2 s: each file ends at the first keyframe past 3 s, so 4 s, 4 s and 2 s; the
+    # file name repeats, so each new file replaces the last unless `unique` is set.
+    path = folder(server) / "sample.flv"
+    wait_until(lambda: path.exists() and b"keyframes" in path.read_bytes()[:4096], 15,
+               "the last file")
+    video, _, duration = frames(path)
+    assert video == 60
+    assert duration == pytest.approx(2, abs=0.2)
+    assert "is replaced by a new recording" in server.log()
+    assert len(sent.video) == 300
+
+
+@pytest.mark.parametrize("recording_server", [{"mode": "all", "max_time": 3000,
+                                               "unique": True}], indirect=True)
+def test_unique_files_are_each_kept(recording_server: Server, av_media: Path) -> None:
+    server = recording_server
+    finish(publish(server, av_media), 40)
+    wait_until(lambda: sum(1 for p in folder(server).glob("sample-*.flv")) >= 2, 15,
+               "the files")
+    time.sleep(1.5)  # the last one is finished when the publisher has gone
+    files = sorted(folder(server).glob("sample-*.flv"))
+    counts = [frames(p)[0] for p in files]
+    # Names carry the second a file started: files started within one second share it.
+    assert sum(counts) <= 300
+    assert all(c % 60 == 0 for c in counts)
+
+
+@pytest.mark.parametrize("recording_server", [{"mode": "all"}], indirect=True)
+def test_killed_dvr_worker_loses_nothing_written(recording_server: Server,
+                                                 long_av_media: Path) -> None:
+    server = recording_server
+    publisher = publish(server, long_av_media)
+    path = folder(server) / "sample.flv"
+    try:
+        wait_until(lambda: path.exists() and path.stat().st_size > 100_000, 15, "recording")
+        time.sleep(2)
+        (dvr,) = [w for w in server.status()["workers"] if w["role"] == "dvr"]
+        os.kill(dvr["pid"], signal.SIGKILL)
+        wait_until(lambda: any(w["role"] == "dvr" and w["pid"] != dvr["pid"]
+                               and w["reporting"] for w in server.status()["workers"]), 15,
+                   "the DVR worker's restart")
+        wait_until(lambda: list(folder(server).glob("sample-*.flv")), 15,
+                   "the interrupted file kept aside")
+        time.sleep(3)
+    finally:
+        publisher.kill()
+        publisher.communicate()
+    (kept,) = folder(server).glob("sample-*.flv")
+    video, audio, _ = frames(kept)  # plays up to its last tag
+    assert video >= 3 * 30
+    assert audio > 0
+    assert "was cut short; kept as" in server.log()
+    wait_until(lambda: b"keyframes" in path.read_bytes()[:4096], 20, "the new file finished")
+    assert frames(path)[0] >= 60  # the restarted worker went on in a new file
