@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import trio
@@ -14,6 +16,7 @@ from broker.fanout import ViewerQueue
 from broker.hub import Viewer
 from broker.packet import DEFAULT_INSTANCE, StreamKey
 from control.config import location_for
+from egress import static
 from egress.dash.mpd import TIME_PATH, iso_now
 from egress.flv_live import FlvHandler, Framing, http_live, ws_live
 from egress.fmp4.live import Fmp4Handler
@@ -79,11 +82,14 @@ class EgressApp:
         self.cfg = cfg
         self.consumer = consumer
         self.presentations = Presentations(send_control)
+        self.root = Path(cfg.http.root)
+        self.server_name = re.compile(cfg.http.server_name) if cfg.http.server_name else None
         consumer.control_handlers.append(self.presentations.on_control)
         self.app = Starlette(routes=[
             Route("/api/streams", self.streams),
             Route(TIME_PATH, self.time),
             Route("/{path:path}", self.http_get, methods=["GET", "HEAD"]),
+            Route("/{path:path}", self.preflight, methods=["OPTIONS"]),
             WebSocketRoute("/{path:path}", self.websocket),
         ])
 
@@ -95,10 +101,23 @@ class EgressApp:
             return {"Access-Control-Allow-Origin": origin, "Vary": "Origin"}
         return {}
 
-    def live_route(self, path: str) -> LiveRoute | str | None:
-        """Where a live stream request goes: a route, why it is off, or None (not one)."""
+    def static_file(self, path: str, host: str | None) -> Path | None:
+        """The file under `root` an http_file location's URL names, if there is one."""
         loc = location_for(self.cfg.http.location, path)
         if loc is None or loc.handler != "http_file":
+            return None
+        return static.resolve(self.root, path, host, self.server_name)
+
+    def live_route(self, path: str, host: str | None = None) -> LiveRoute | str | None:
+        """Where a live stream request goes: a route, why it is off, or None (not one; a
+        file under the root, e.g. a recording named like a stream, comes first)."""
+        loc = location_for(self.cfg.http.location, path)
+        if loc is None or loc.handler != "http_file":
+            return None
+        try:
+            if self.static_file(path, host) is not None:
+                return None
+        except static.BadPath:
             return None
         for fmt in LIVE_FORMATS:
             if (key := parse_live_path(path, fmt.suffix)) is not None:
@@ -126,9 +145,16 @@ class EgressApp:
                     return PlainTextResponse(off, 404, headers=headers)
                 base = str(request.base_url).rstrip("/")
                 return await self.presentations.serve(file, request.query_params, headers, base)
-        route = self.live_route(request.url.path)
+        host = request.headers.get("host")
+        try:
+            path = self.static_file(request.url.path, host)
+        except static.BadPath as exc:
+            return PlainTextResponse(f"{exc}\n", 400, headers=headers)
+        if path is not None:
+            return static.serve_file(path, request.method, request.headers, headers)
+        route = self.live_route(request.url.path, host)
         if route is None:
-            return PlainTextResponse("not found\n", 404, headers=headers)
+            return static.not_found(headers)
         if isinstance(route, str):
             return PlainTextResponse(route, 404, headers=headers)
         queue = ViewerQueue(route.cache_frames)
@@ -145,6 +171,16 @@ class EgressApp:
         viewer = route.viewer(queue, Framing.PLAIN, websocket=True)
         await ws_live(self.consumer, route.key, viewer, queue, kind=route.format.kind,
                       websocket=websocket)
+
+    async def preflight(self, request: Request) -> Response:
+        """CORS preflight (Fetch standard §3.2.2): allowed origins get what they ask for."""
+        headers = self.cors_headers(request.headers.get("origin"))
+        if headers:
+            headers |= {"Access-Control-Allow-Methods": "GET, HEAD, OPTIONS",
+                        "Access-Control-Max-Age": "600"}
+            if asked := request.headers.get("access-control-request-headers"):
+                headers["Access-Control-Allow-Headers"] = asked
+        return Response(status_code=204, headers=headers)
 
     async def time(self, request: Request) -> Response:
         """The server's clock for DASH players (UTCTiming urn:mpeg:dash:utc:http-iso:2014)."""

@@ -51,7 +51,8 @@ class EgressServer:
     async def handle(self, conn: socket.socket) -> None:
         head = await peek_head(conn)
         live = head is not None and head.method in ("GET", "HEAD")
-        route = self.app.live_route(head.path) if head is not None and live else None
+        route = (self.app.live_route(head.path, head.headers.get("host"))
+                 if head is not None and live else None)
         if head is None or route is None:
             stream = trio.SocketStream(trio.socket.from_stdlib_socket(conn))
             await TCPServer(self.asgi, self.hypercorn, self.context, {}, stream)  # type: ignore[arg-type]

@@ -118,6 +118,8 @@ def start_server(*, ingest: int = 1, egress: int = 2, tweak: Any = None,
     doc["rtmp"]["listen"] = f"127.0.0.1:{rtmp_port}"  # type: ignore[index]
     doc["http"]["listen"] = f"127.0.0.1:{http_port}"  # type: ignore[index]
     doc["rtsp"]["listen"] = f"127.0.0.1:{free_port()}"  # type: ignore[index]
+    (workdir / "www").mkdir()
+    doc["http"]["root"] = str(workdir / "www")  # type: ignore[index]
     for loc in doc["rtmp"]["location"]:  # type: ignore[index]
         for dvr in loc["dvr"]:  # recordings and HLS/DASH files go to the test's own folder
             dvr["directory"] = str(workdir / dvr["directory"])
