@@ -7,6 +7,7 @@ import json
 import sys
 from typing import Any
 
+from broker.packet import DEFAULT_INSTANCE
 from control import ctlsock
 from control.config import ConfigError, dump_default, load_config
 
@@ -63,6 +64,10 @@ def main(argv: list[str] | None = None) -> None:
     sub.add_parser("check", help="validate the configuration and exit")
     status = sub.add_parser("status", help="workers and live streams of a running rtmpmate")
     status.add_argument("--json", action="store_true", help="print the raw JSON")
+    record = sub.add_parser("record", help="start or stop a DVR_FLV recording")
+    record.add_argument("action", choices=["start", "stop"])
+    record.add_argument("stream", help="APP/NAME or APP/INSTANCE/NAME")
+    record.add_argument("--dvr", required=True, help="the DVR entry's id")
     config = sub.add_parser("config", help="configuration files")
     config_sub = config.add_subparsers(dest="config_command", required=True)
     init = config_sub.add_parser("init", help="write the default configuration to PATH")
@@ -86,13 +91,28 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{args.config}: ok")
         return
     path = ctlsock.control_path(cfg.server.run_dir)
+    request: dict[str, Any] = {"cmd": args.command}
+    if args.command == "record":
+        parts = args.stream.strip("/").split("/")
+        if len(parts) == 2:
+            parts.insert(1, DEFAULT_INSTANCE)
+        if len(parts) != 3 or not all(parts):
+            sys.exit(f"rtmpmate-ctl: {args.stream!r} is not APP/NAME or APP/INSTANCE/NAME")
+        request |= {"action": args.action, "dvr": args.dvr, "key": "/".join(parts)}
     try:
-        answer = ctlsock.request(path, {"cmd": args.command})
+        answer = ctlsock.request(path, request, timeout_s=10.0)
     except (OSError, ValueError) as exc:
         sys.exit(f"rtmpmate-ctl: rtmpmate is not running (no answer on {path}: {exc})")
     if not answer.get("ok"):
         sys.exit(f"rtmpmate-ctl: {answer.get('error')}")
+    if args.command == "record":
+        print(f"{'recording to' if args.action == 'start' else 'stopped'} {answer.get('path')}")
+        return
     if args.json:
         print(json.dumps(answer["status"], indent=2))
     else:
         print(format_status(answer["status"]))
+
+
+if __name__ == "__main__":
+    main()

@@ -24,8 +24,9 @@ import trio
 import zmq
 
 from broker import wire
+from broker.calls import BusCalls, CallTimeout
 from broker.feed import ANNOUNCE_EXPIRY_S, StreamDirectory
-from broker.zsock import BusSubscriber, bus_endpoints
+from broker.zsock import BusPublisher, BusSubscriber, bus_endpoints
 from control import ctlsock
 from control.config import Config, ConfigError, Listen, load_raw, parse_config
 
@@ -34,6 +35,7 @@ logger = logging.getLogger("rtmpmate")
 RESTART_DELAY_S = 0.1  # a crashed worker is back well within a second
 MAX_RESTART_DELAY_S = 5.0  # ... unless it keeps crashing at start-up
 STOP_GRACE_S = 4.0  # SIGTERM, then SIGKILL: every child is gone within 5 s
+RECORD_CALL_TIMEOUT_S = 6.0  # a record start may wait for the DVR worker to join a stream
 
 
 def bind_tcp(listen: Listen, *, reuse_port: bool = False) -> socket.socket:
@@ -104,6 +106,7 @@ class Supervisor:
         self.viewers: dict[str, tuple[float, dict[str, dict[str, int]]]] = {}
         self.stopping = False
         self.started = time.time()
+        self.calls: BusCalls | None = None  # requests to workers over the bus
 
     def plan(self) -> None:
         cores = os.cpu_count() or 1
@@ -182,6 +185,8 @@ class Supervisor:
                                                      else {})
         else:
             self.directory.on_control(body, now)
+        if self.calls is not None:
+            self.calls.on_control(body)
 
     def status(self) -> dict[str, object]:
         now, wall = trio.current_time(), time.time()
@@ -209,6 +214,15 @@ class Supervisor:
     async def handle_request(self, request: dict[str, Any]) -> dict[str, Any]:
         if request.get("cmd") == "status":
             return {"ok": True, "status": self.status()}
+        if request.get("cmd") == "record" and self.calls is not None:
+            # The DVR worker owns recordings: the same call as the rtmp_control handler's.
+            try:
+                answer = await self.calls.call("record", {
+                    "action": request.get("action"), "dvr": request.get("dvr"),
+                    "key": request.get("key")}, timeout_s=RECORD_CALL_TIMEOUT_S)
+            except CallTimeout as exc:
+                return {"ok": False, "error": f"the DVR worker did not answer ({exc})"}
+            return {k: answer[k] for k in ("ok", "path", "error") if k in answer}
         return {"ok": False, "error": f"unknown command {request.get('cmd')!r}"}
 
     # -- main ----------------------------------------------------------------------------------
@@ -220,6 +234,9 @@ class Supervisor:
         subscriber = BusSubscriber(ctx, bus_endpoints(self.cfg.server.run_dir)[1],
                                    hwm=self.cfg.bus.hwm)
         subscriber.subscribe(wire.CONTROL_TOPIC, self._on_control)
+        publisher = BusPublisher(ctx, bus_endpoints(self.cfg.server.run_dir)[0],
+                                 hwm=self.cfg.bus.hwm)
+        self.calls = BusCalls(publisher.send_control)
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(subscriber.serve)

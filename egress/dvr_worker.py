@@ -1,52 +1,39 @@
 """The DVR worker process: writes what the DVR entries ask for to disk.
 
-For every live stream whose [[rtmp.location]] has DVR entries, a RecordingHub (a StreamHub
-with no viewers) feeds an FlvRecording per DVR_FLV entry (egress/dvr/flv_writer.py) and a
-CmafRecorder per DVR_FMP4 entry, whose files it writes: parts, segments and
-init segments first, each under a temporary name and renamed into place, then the playlists,
-so a reader never sees half a file nor a playlist naming a file that is not there. Each
-change is announced on the bus ("cmaf" control messages) for the egress workers, which serve
-the files and hold LL-HLS blocking playlist reloads until the part they wait for exists.
+It follows every live stream whose [[rtmp.location]] has DVR entries that record now with a
+RecordingHub (egress/dvr/recording.py): DVR_FLV files, and DVR_FMP4 presentations, whose
+news goes on the bus ("cmaf" control messages) for the egress workers that serve them.
+Live-only presentations run while egress workers ask for them ("cmaf-want"). It also owns
+the record control: "record" calls on the bus (from the egress workers' rtmp_control handler
+and from the supervisor for `rtmpmate-ctl record`) start and stop DVR_FLV recordings.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import time
 from typing import TYPE_CHECKING, Final
 
 import trio
 import zmq
 
+from broker.calls import RESULT_SUFFIX
 from broker.consumer import Consumer
 from broker.feed import ANNOUNCE_INTERVAL_S
-from broker.hub import StreamHub
-from broker.packet import StreamKey, TrackKind
+from broker.packet import StreamKey
 from broker.zsock import BusPublisher, BusSubscriber, bus_endpoints
 from control.config import location_for
-from egress.dash.mpd import MPD_NAME, mpd
-from egress.dvr.flv_writer import FlvRecording
-from egress.dvr.paths import dvr_path
-from egress.fmp4.fragmenter import Mp4WriteError
-from egress.fmp4.segmenter import (
-    DEFAULT_SEGMENT_S,
-    CmafRecorder,
-    RemoveFile,
-    SegmentPlan,
-    WriteFile,
-)
-from egress.hls.playlist import MULTIVARIANT, media_playlist, multivariant_playlist
+from egress.dvr.recording import RecordingHub
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
-    from pathlib import Path
-
-    from broker.packet import MediaPacket
+    from broker.hub import StreamHub
     from control.config import Config, DvrConfig
-    from egress.fmp4.segmenter import Action
 
 logger = logging.getLogger(__name__)
+
+RECORD: Final = "record"  # the record control's call (broker.calls)
+# How long a record start waits for a stream it did not follow yet to reach this worker.
+RECORD_JOIN_S: Final = 3.0
 
 EVENT: Final = "cmaf"  # the control message kind of a presentation's news
 WANT: Final = "cmaf-want"  # ... and of an egress worker asking for one
@@ -61,21 +48,6 @@ END_GRACE_S: Final = 10.0
 # The stream directory is looked at when a stream is announced or a presentation asked for,
 # and at least this often (for the publishers that left).
 SCAN_INTERVAL_S: Final = 1.0
-# Files of ours in a presentation folder (removed before a new live presentation starts there).
-OWN_SUFFIXES: Final = (".m4s", ".m3u8", ".mpd", ".tmp")
-
-
-def write_atomically(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
-
-
-def plan_for(entry: DvrConfig) -> SegmentPlan:
-    segment_s = entry.max_time_ms / 1000 if entry.max_time_ms else DEFAULT_SEGMENT_S
-    return SegmentPlan(segment_s=segment_s, keep=entry.mode != "off",
-                       max_size=entry.max_size_bytes, max_frames=entry.max_frames)
 
 
 def dvr_entries(cfg: Config, key: StreamKey, name: str) -> tuple[DvrConfig, ...]:
@@ -92,180 +64,6 @@ def cmaf_entries(cfg: Config, key: StreamKey) -> tuple[DvrConfig, ...]:
     return dvr_entries(cfg, key, "DVR_FMP4")
 
 
-def serving_entry(entries: tuple[DvrConfig, ...]) -> DvrConfig | None:
-    """The entry whose files the HLS/DASH URLs serve: the live one (mode "off") if any."""
-    return next((d for d in entries if d.mode == "off"), entries[0] if entries else None)
-
-
-class Presentation:
-    """One DVR_FMP4 entry's presentation of one stream: its recorder and its folder."""
-
-    def __init__(self, entry: DvrConfig, key: StreamKey, *, video: bool, audio: bool) -> None:
-        self.entry = entry
-        plan = plan_for(entry)
-        # "audio"/"video" (and their auto forms) keep that track only.
-        if entry.mode in ("audio", "autoAudio") and audio:
-            video = False
-        elif entry.mode in ("video", "autoVideo") and video:
-            audio = False
-        self.recorder = CmafRecorder(plan, video=video, audio=audio)
-        self.folder = dvr_path(entry, key, time.time()).resolve()
-        self.folder.mkdir(parents=True, exist_ok=True)
-        stale = [p for p in self.folder.iterdir() if p.name.endswith(OWN_SUFFIXES)]
-        if stale:
-            if plan.keep:
-                logger.warning("dvr %s: %s already holds a recording; it is replaced (set "
-                               "unique = true to keep each)", entry.id, self.folder)
-            for path in stale:
-                path.unlink(missing_ok=True)
-
-    def apply(self, actions: list[Action], *, changed: bool = False) -> bool:
-        """Carry out the recorder's actions; True when the playlists changed (as they do
-        when `changed` says so)."""
-        for action in actions:
-            if isinstance(action, WriteFile):
-                write_atomically(self.folder / action.name, action.data)
-                changed = True
-            elif isinstance(action, RemoveFile):
-                (self.folder / action.name).unlink(missing_ok=True)
-        if changed:
-            timelines = self.recorder.timelines
-            for timeline in timelines:
-                if timeline.segments:
-                    others = tuple(t for t in timelines if t is not timeline)
-                    write_atomically(self.folder / timeline.playlist_name,
-                                     media_playlist(timeline, others).encode())
-            top = multivariant_playlist(self.recorder)
-            if top is not None:
-                write_atomically(self.folder / MULTIVARIANT, top.encode())
-            manifest = mpd(self.recorder, now=time.time())
-            if manifest is not None:
-                write_atomically(self.folder / MPD_NAME, manifest.encode())
-        return changed
-
-    def news(self, key: StreamKey) -> dict[str, object]:
-        """The "cmaf" control message: where the files are and how far each track is."""
-        plan = self.recorder.plan
-        tracks = {}
-        for t in self.recorder.timelines:
-            last = t.last_part()
-            if last is not None:
-                tracks[t.prefix] = [last[0], last[1], t.next_part]
-        return {"key": str(key), "folder": str(self.folder), "tracks": tracks,
-                "ended": any(t.ended for t in self.recorder.timelines), "keep": plan.keep,
-                "target": plan.target_duration, "part_target": plan.part_target_s}
-
-
-class RecordingHub(StreamHub):
-    """A viewer-less hub that records one stream for each of its DVR entries: a CMAF
-    presentation per DVR_FMP4 entry, FLV files per DVR_FLV entry."""
-
-    def __init__(self, key: StreamKey, entries: tuple[DvrConfig, ...],
-                 flv_entries: tuple[DvrConfig, ...],
-                 announce: Callable[[dict[str, object]], None]) -> None:
-        super().__init__(key, _no_mux)
-        self.entries = entries
-        self.flv_entries = flv_entries
-        self.serving = serving_entry(entries)
-        self.announce = announce
-        self.presentations: list[Presentation] = []
-        self.recordings: list[FlvRecording] = []  # this publishing session's
-        self.ended_at: float | None = None  # trio clock: the publisher left
-        self.finished = False
-
-    def _went_live(self) -> None:
-        self.ended_at = None
-        if not self.presentations:
-            video = self.cache.video_config is not None
-            audio = self.cache.audio_config is not None
-            for entry in self.entries:
-                try:
-                    self.presentations.append(Presentation(entry, self.key, video=video,
-                                                           audio=audio))
-                except (OSError, ValueError) as exc:
-                    logger.error("dvr %s: cannot record %s: %s", entry.id, self.key, exc)
-        if not self.recordings:
-            for entry in self.flv_entries:
-                try:
-                    self.recordings.append(FlvRecording(
-                        entry, self.key, audio=self.cache.audio_config is not None,
-                        video=self.cache.video_config is not None))
-                except ValueError as exc:
-                    logger.warning("dvr %s: %s: %s", entry.id, self.key, exc)
-        snapshot = self.cache.snapshot()
-        # The cached GOP comes in one burst: its last frame is the one that is live now.
-        frames = [p for p in snapshot if p.kind is not TrackKind.DATA and not p.is_config]
-        if frames:
-            now = time.time()
-            for presentation in self.presentations:
-                presentation.recorder.set_clock(max(p.dts / p.timescale for p in frames), now)
-        for pkt in snapshot:
-            self._record(pkt)
-
-    def _deliver(self, pkt: MediaPacket, sync: bool) -> None:
-        self._record(pkt)
-
-    def on_session(self) -> None:
-        super().on_session()
-        self._each(lambda p: p.recorder.new_session(time.time()))
-        self._close_files()  # a new publisher: new headers, new files
-
-    def on_end(self) -> None:
-        super().on_end()
-        self.ended_at = trio.current_time()
-        self._each(lambda p: p.recorder.new_session(time.time()))  # close the segments now
-        self._close_files()
-
-    def _close_files(self) -> None:
-        recordings, self.recordings = self.recordings, []
-        for recording in recordings:
-            try:
-                recording.close()
-            except OSError as exc:
-                logger.error("dvr %s: cannot finish %s: %s", recording.entry.id,
-                             recording.path, exc)
-
-    def finish(self) -> None:
-        """The publisher did not come back: the playlists end, the recordings are complete."""
-        self.finished = True
-        self._each(lambda p: p.recorder.end(time.time()), changed=True)
-
-    def _record(self, pkt: MediaPacket) -> None:
-        for recording in list(self.recordings):
-            try:
-                recording.add(pkt)
-            except OSError as exc:
-                logger.error("dvr %s: stops recording %s: %s", recording.entry.id,
-                             recording.path, exc)
-                self.recordings.remove(recording)
-        if pkt.kind is TrackKind.DATA:
-            return
-        now = time.time()
-        self._each(lambda p: p.recorder.add(pkt, now) + p.recorder.expire(now))
-
-    def _each(self, step: Callable[[Presentation], list[Action]], *,
-              changed: bool = False) -> None:
-        for presentation in list(self.presentations):
-            try:
-                news = presentation.apply(step(presentation), changed=changed)
-            except Mp4WriteError as exc:
-                logger.warning("dvr %s: stops recording %s: %s", presentation.entry.id,
-                               self.key, exc)
-                self.presentations.remove(presentation)
-                continue
-            except OSError as exc:
-                logger.error("dvr %s: cannot write %s: %s", presentation.entry.id,
-                             presentation.folder, exc)
-                self.presentations.remove(presentation)
-                continue
-            if news and presentation.entry is self.serving:
-                self.announce(presentation.news(self.key))
-
-
-def _no_mux(pkt: MediaPacket, variant: object) -> bytes:
-    raise AssertionError("a RecordingHub has no viewers")
-
-
 class DvrWorker:
     def __init__(self, cfg: Config, name: str, ctx: zmq.Context[zmq.Socket[bytes]]) -> None:
         self.cfg, self.name = cfg, name
@@ -275,11 +73,16 @@ class DvrWorker:
         self.hubs: dict[StreamKey, RecordingHub] = {}
         self.wanted: dict[StreamKey, float] = {}  # live-only presentations asked for, when
         self._wake = trio.Event()
+        self.manual: set[tuple[StreamKey, str]] = set()  # recordings the control started
         self.consumer = Consumer(ctx, self.subscriber, {HUB_KIND: self._make_hub})
         self.consumer.control_handlers.append(self._on_control)
+        self._nursery: trio.Nursery | None = None
 
     def _on_control(self, body: dict[str, object]) -> None:
         kind = body.get("kind")
+        if kind == RECORD and self._nursery is not None:
+            self._nursery.start_soon(self._record_call, body)
+            return
         if kind not in (WANT, "stream"):
             return
         try:
@@ -294,7 +97,8 @@ class DvrWorker:
     def _runs(self, key: StreamKey, now: float) -> bool:
         """Should the stream's presentations run now?"""
         entries = cmaf_entries(self.cfg, key)
-        if any(d.mode != "off" for d in entries) or dvr_entries(self.cfg, key, "DVR_FLV"):
+        if any(d.mode != "off" for d in entries) or dvr_entries(self.cfg, key, "DVR_FLV") or (
+                any(k == key for k, _ in self.manual)):
             return True
         return bool(entries) and now - self.wanted.get(key, -WANTED_FOR_S) < WANTED_FOR_S
 
@@ -320,6 +124,7 @@ class DvrWorker:
                     hub.finish()
                     self.consumer.unwatch(key, kind=HUB_KIND)
                     del self.hubs[key]
+                    self.manual -= {m for m in self.manual if m[0] == key}
             for key, when in list(self.wanted.items()):
                 if now - when > WANTED_FOR_S:
                     del self.wanted[key]
@@ -332,6 +137,58 @@ class DvrWorker:
             self.consumer.unwatch(key, kind=HUB_KIND)
             self.hubs.pop(key, None)
 
+    # -- record control ----------------------------------------------------------------------
+
+    async def _record_call(self, body: dict[str, object]) -> None:
+        answer = await self._record_command(body)
+        logger.info("record %s %s %s: %s", body.get("action"), body.get("dvr"), body.get("key"),
+                    answer.get("path") or answer.get("error"))
+        self.publisher.send_control(RECORD + RESULT_SUFFIX, {"call": body.get("call"), **answer})
+
+    async def _record_command(self, body: dict[str, object]) -> dict[str, object]:
+        action, dvr = body.get("action"), body.get("dvr")
+        if action not in ("start", "stop"):
+            return _refused(400, "the action is start or stop")
+        try:
+            key = StreamKey.parse(str(body.get("key")))
+        except ValueError:
+            return _refused(400, "app, inst and name must name a stream")
+        loc = location_for(self.cfg.rtmp.location, f"/{key.app}")
+        entry = next((d for d in loc.dvr if d.id == dvr), None) if loc is not None else None
+        if entry is None:
+            return _refused(404, f"no dvr {dvr!r} for /{key.app}")
+        if entry.name != "DVR_FLV":
+            return _refused(400, f"dvr {entry.id} is a {entry.name} entry: the record control "
+                                 "starts and stops DVR_FLV recordings")
+        hub = self.hubs.get(key)
+        current = hub.recording(entry) if hub is not None else None
+        if action == "stop":
+            self.manual.discard((key, entry.id))
+            if hub is None or current is None:
+                return _refused(409, f"dvr {entry.id} is not recording {key}")
+            hub.stop_recording(entry)
+            return {"ok": True, "status": 200, "path": str(current.path)}
+        if current is not None:
+            return _refused(409, f"dvr {entry.id} is already recording {key} to {current.path}")
+        if self.consumer.directory.get(key, trio.current_time()) is None:
+            return _refused(404, f"stream {key} is not published")
+        self.manual.add((key, entry.id))
+        with trio.move_on_after(RECORD_JOIN_S):
+            if key not in self.hubs:
+                await self._record(key)
+            # A hub goes live on a packet, which nothing signals: look every 50 ms.
+            while (hub := self.hubs.get(key)) is None or not hub.live:  # noqa: ASYNC110
+                await trio.sleep(0.05)
+        if hub is None or not hub.live:
+            self.manual.discard((key, entry.id))
+            return _refused(503, f"the media of {key} did not arrive in time")
+        try:
+            recording = hub.start_recording(entry)
+        except (OSError, ValueError) as exc:
+            self.manual.discard((key, entry.id))
+            return _refused(500, f"cannot record: {exc}")
+        return {"ok": True, "status": 200, "path": str(recording.path)}
+
     async def _report(self) -> None:
         while True:
             await trio.sleep(ANNOUNCE_INTERVAL_S)
@@ -340,11 +197,16 @@ class DvrWorker:
 
     async def serve(self) -> None:
         async with trio.open_nursery() as nursery:
+            self._nursery = nursery
             nursery.start_soon(self.subscriber.serve)
             nursery.start_soon(self.consumer.serve)
             nursery.start_soon(self._report)
             logger.info("%s recording", self.name)
             await self._scan(nursery)
+
+
+def _refused(status: int, why: str) -> dict[str, object]:
+    return {"ok": False, "status": status, "error": why}
 
 
 def run_dvr_worker(cfg: Config, name: str) -> None:

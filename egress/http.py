@@ -12,6 +12,7 @@ from starlette.applications import Starlette
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route, WebSocketRoute
 
+from broker.calls import BusCalls, CallTimeout
 from broker.fanout import ViewerQueue
 from broker.hub import Viewer
 from broker.packet import DEFAULT_INSTANCE, StreamKey
@@ -32,6 +33,11 @@ if TYPE_CHECKING:
     from broker.fanout import BoundedQueue
     from broker.hub import ViewerHandler
     from control.config import Config
+
+
+RECORD = "record"  # the DVR worker's record control call
+# A start waits for the DVR worker to join the stream (up to 3 s) and open the file.
+RECORD_CALL_TIMEOUT_S = 6.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +88,8 @@ class EgressApp:
         self.cfg = cfg
         self.consumer = consumer
         self.presentations = Presentations(send_control)
+        self.calls = BusCalls(send_control)
+        consumer.control_handlers.append(self.calls.on_control)
         self.root = Path(cfg.http.root)
         self.server_name = re.compile(cfg.http.server_name) if cfg.http.server_name else None
         consumer.control_handlers.append(self.presentations.on_control)
@@ -137,6 +145,9 @@ class EgressApp:
 
     async def http_get(self, request: Request) -> Response:
         headers = self.cors_headers(request.headers.get("origin"))
+        control = location_for(self.cfg.http.location, request.url.path)
+        if control is not None and control.handler == "rtmp_control":
+            return await self.rtmp_control(request, control.pattern, headers)
         file = parse_path(request.url.path)
         if file is not None:
             loc = location_for(self.cfg.http.location, request.url.path)
@@ -171,6 +182,30 @@ class EgressApp:
         viewer = route.viewer(queue, Framing.PLAIN, websocket=True)
         await ws_live(self.consumer, route.key, viewer, queue, kind=route.format.kind,
                       websocket=websocket)
+
+    async def rtmp_control(self, request: Request, prefix: str,
+                           headers: dict[str, str]) -> Response:
+        """GET PREFIX/record/start|stop?dvr=ID&app=APP&inst=INSTANCE&name=NAME (the seed's
+        record control): the DVR worker starts or stops the recording and says what it did."""
+        action = request.url.path[len(prefix.rstrip("/")):].strip("/")
+        if action not in ("record/start", "record/stop"):
+            return JSONResponse({"ok": False, "error": "known: record/start, record/stop"}, 404,
+                                headers=headers)
+        q = request.query_params
+        if not (q.get("dvr") and q.get("app") and q.get("name")):
+            return JSONResponse({"ok": False, "error": "dvr, app and name are required"}, 400,
+                                headers=headers)
+        key = f"{q['app']}/{q.get('inst') or DEFAULT_INSTANCE}/{q['name']}"
+        try:
+            answer = await self.calls.call(RECORD, {
+                "action": action.split("/")[1], "dvr": q["dvr"], "key": key},
+                timeout_s=RECORD_CALL_TIMEOUT_S)
+        except CallTimeout:
+            return JSONResponse({"ok": False, "error": "the DVR worker did not answer"}, 504,
+                                headers=headers)
+        body = {k: answer[k] for k in ("ok", "path", "error") if k in answer}
+        status = answer.get("status")
+        return JSONResponse(body, status if isinstance(status, int) else 502, headers=headers)
 
     async def preflight(self, request: Request) -> Response:
         """CORS preflight (Fetch standard §3.2.2): allowed origins get what they ask for."""

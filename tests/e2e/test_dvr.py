@@ -5,15 +5,20 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import time
 from typing import TYPE_CHECKING, Any
 
 import av
+import httpx
 import pytest
 
 from tests.e2e.harness import (
+    REPO,
     cleanup,
     finish,
+    kill,
     media_report,
     publish,
     start_server,
@@ -135,3 +140,54 @@ def test_killed_dvr_worker_loses_nothing_written(recording_server: Server,
     assert "was cut short; kept as" in server.log()
     wait_until(lambda: b"keyframes" in path.read_bytes()[:4096], 20, "the new file finished")
     assert frames(path)[0] >= 60  # the restarted worker went on in a new file
+
+
+@pytest.mark.parametrize("recording_server", [{"mode": "manual"}], indirect=True)
+def test_record_control_starts_and_stops_manual_recordings(recording_server: Server,
+                                                           long_av_media: Path) -> None:
+    server = recording_server
+    control = server.http("/rtmp/control/record")
+    query = {"dvr": "dvr1", "app": "live", "inst": "_definst_", "name": "sample"}
+    path = folder(server) / "sample.flv"
+    publisher = publish(server, long_av_media)
+    try:
+        wait_until(lambda: server.stream_status(), 10, "the stream")
+        time.sleep(1)
+        assert not path.exists()  # manual: nothing until asked
+        with httpx.Client(timeout=15) as client:
+            started = client.get(f"{control}/start", params=query)
+            assert started.status_code == 200, started.text
+            assert started.json() == {"ok": True, "path": str(path)}
+            again = client.get(f"{control}/start", params=query)
+            assert again.status_code == 409
+            assert "already recording" in again.json()["error"]
+            assert client.get(f"{control}/start", params={**query, "dvr": "nope"}
+                              ).status_code == 404
+            assert client.get(f"{control}/start", params={**query, "name": "absent"}
+                              ).status_code == 404
+            assert client.get(f"{control}/start", params={"dvr": "dvr1"}).status_code == 400
+            time.sleep(3)
+            stopped = client.get(f"{control}/stop", params=query)
+            assert stopped.status_code == 200
+            assert stopped.json()["path"] == str(path)
+            assert client.get(f"{control}/stop", params=query).status_code == 409
+        video, audio, duration = frames(path)
+        assert video >= 3 * 30  # from the cached GOP on: 3 s and more
+        assert audio > 0
+        assert 3 <= duration <= 8
+        # rtmpmate-ctl does the same through the supervisor.
+        ctl = [sys.executable, "-m", "control.cli", "--config", str(server.config_path),
+               "record"]
+        out = subprocess.run([*ctl, "start", "live/sample", "--dvr", "dvr1"], cwd=REPO,
+                             capture_output=True, text=True, timeout=30, check=False)
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.strip() == f"recording to {path}"
+        out = subprocess.run([*ctl, "stop", "live/sample", "--dvr", "dvr1"], cwd=REPO,
+                             capture_output=True, text=True, timeout=30, check=False)
+        assert out.returncode == 0, out.stderr
+        out = subprocess.run([*ctl, "stop", "live/sample", "--dvr", "dvr1"], cwd=REPO,
+                             capture_output=True, text=True, timeout=30, check=False)
+        assert out.returncode == 1
+        assert "not recording" in out.stderr
+    finally:
+        kill(publisher)
