@@ -49,9 +49,11 @@ class EncodedMedia:
 class Publisher:
     """Publishes one stream; `quantum_s` > 0 batches sends (many publishers, less CPU)."""
 
-    def __init__(self, encoded: EncodedMedia, *, quantum_s: float = 0.0) -> None:
+    def __init__(self, encoded: EncodedMedia, *, quantum_s: float = 0.0,
+                 publish_type: str = "live") -> None:
         self.encoded = encoded
         self.quantum_s = quantum_s
+        self.publish_type = publish_type  # "live", "record" or "append"
         self.sent_at: dict[int, float] = {}  # video frame timestamp -> send time
         self.media_bytes = 0  # FLV bytes of the frames sent (tag header + body + trailer)
         self.max_late_s = 0.0  # worst (send completed - due time) so far
@@ -66,7 +68,7 @@ class Publisher:
             conn = await open_rtmp(sock, host, port, app)
             conn.auto_ack = False  # _pace is the socket's only writer
             sid = await conn.create_stream()
-            await conn.publish(name)
+            await conn.publish(name, self.publish_type)
             await self._send_headers(conn, sid)
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._read, conn)

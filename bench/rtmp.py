@@ -102,8 +102,8 @@ class RtmpClientConnection:
         # ffmpeg and librtmp announce a 3 s client buffer the same way.
         await self._send(m.user_control(m.UserControl.SET_BUFFER_LENGTH, self.stream_id, 3000))
 
-    async def publish(self, name: str) -> None:
-        await self._send(m.command("publish", 0.0, None, name, "live",
+    async def publish(self, name: str, publish_type: str = "live") -> None:
+        await self._send(m.command("publish", 0.0, None, name, publish_type,
                                    stream_id=self.stream_id, csid=m.CSID_STATUS))
         for _ in range(MAX_SETUP_MESSAGES):
             msg = await self.next_message()

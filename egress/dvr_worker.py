@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 RECORD: Final = "record"  # the record control's call (broker.calls)
+AUTO_MODES: Final = ("auto", "autoAudio", "autoVideo")  # record when the publisher asks
 # How long a record start waits for a stream it did not follow yet to reach this worker.
 RECORD_JOIN_S: Final = 3.0
 
@@ -50,18 +51,23 @@ END_GRACE_S: Final = 10.0
 SCAN_INTERVAL_S: Final = 1.0
 
 
-def dvr_entries(cfg: Config, key: StreamKey, name: str) -> tuple[DvrConfig, ...]:
-    """The DVR entries of that name which record `key` ("manual" ones start from the
-    control API; DVR_FLV ones in mode "off" write nothing)."""
+def dvr_entries(cfg: Config, key: StreamKey, name: str,
+                publish_type: str = "live") -> tuple[DvrConfig, ...]:
+    """The DVR entries of that name which record `key` now: not "manual" ones (the control
+    API starts them), nor DVR_FLV ones in mode "off" (they write nothing), nor the "auto"
+    ones unless the publisher asked to record (RTMP publish type "record" or "append")."""
     loc = location_for(cfg.rtmp.location, f"/{key.app}")
     if loc is None:
         return ()
+    recorded = publish_type in ("record", "append")
     return tuple(d for d in loc.dvr if d.name == name and d.mode != "manual"
-                 and not (name == "DVR_FLV" and d.mode == "off"))
+                 and not (name == "DVR_FLV" and d.mode == "off")
+                 and (recorded or d.mode not in AUTO_MODES))
 
 
-def cmaf_entries(cfg: Config, key: StreamKey) -> tuple[DvrConfig, ...]:
-    return dvr_entries(cfg, key, "DVR_FMP4")
+def cmaf_entries(cfg: Config, key: StreamKey, publish_type: str = "live",
+                 ) -> tuple[DvrConfig, ...]:
+    return dvr_entries(cfg, key, "DVR_FMP4", publish_type)
 
 
 class DvrWorker:
@@ -94,17 +100,23 @@ class DvrWorker:
         if key not in self.hubs and self._runs(key, trio.current_time()):
             self._wake.set()  # a stream to record now
 
+    def _publish_type(self, key: StreamKey) -> str:
+        info = self.consumer.directory.get(key, trio.current_time())
+        return str(info.info.get("type", "live")) if info is not None else "live"
+
     def _runs(self, key: StreamKey, now: float) -> bool:
         """Should the stream's presentations run now?"""
-        entries = cmaf_entries(self.cfg, key)
-        if any(d.mode != "off" for d in entries) or dvr_entries(self.cfg, key, "DVR_FLV") or (
-                any(k == key for k, _ in self.manual)):
+        kind = self._publish_type(key)
+        entries = cmaf_entries(self.cfg, key, kind)
+        if any(d.mode != "off" for d in entries) or dvr_entries(
+                self.cfg, key, "DVR_FLV", kind) or any(k == key for k, _ in self.manual):
             return True
         return bool(entries) and now - self.wanted.get(key, -WANTED_FOR_S) < WANTED_FOR_S
 
     def _make_hub(self, key: StreamKey) -> StreamHub:
-        hub = self.hubs[key] = RecordingHub(key, cmaf_entries(self.cfg, key),
-                                            dvr_entries(self.cfg, key, "DVR_FLV"),
+        kind = self._publish_type(key)
+        hub = self.hubs[key] = RecordingHub(key, cmaf_entries(self.cfg, key, kind),
+                                            dvr_entries(self.cfg, key, "DVR_FLV", kind),
                                             self._announce)
         return hub
 

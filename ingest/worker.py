@@ -41,8 +41,9 @@ logger = logging.getLogger(__name__)
 class StreamStats:
     """What `rtmpmate-ctl status` shows of a published stream."""
 
-    def __init__(self, peer: str) -> None:
+    def __init__(self, peer: str, publish_type: str = "live") -> None:
         self.peer = peer
+        self.publish_type = publish_type  # "live", "record" or "append", as the client asked
         self.started = time.time()
         self.codecs: dict[str, str] = {}
         self.width = 0
@@ -81,7 +82,8 @@ class StreamStats:
         return self.info()
 
     def info(self) -> dict[str, object]:
-        return {"peer": self.peer, "started": self.started, "codecs": self.codecs,
+        return {"peer": self.peer, "type": self.publish_type, "started": self.started,
+                "codecs": self.codecs,
                 "width": self.width, "height": self.height, "bitrate": self.bitrate,
                 "bytes_in": self.bytes_in, "frames_in": self.frames_in}
 
@@ -109,14 +111,14 @@ class IngestWorker:
 
     # -- publishing ----------------------------------------------------------------------------
 
-    def begin_publish(self, key: StreamKey, peer: str) -> bool:
+    def begin_publish(self, key: StreamKey, peer: str, publish_type: str = "live") -> bool:
         """Claim the key: one publisher per stream key across every ingest worker."""
         if key in self.stats:
             return False
         other = self.consumer.directory.get(key, trio.current_time())
         if other is not None and other.owner != self.snapshots.endpoint:
             return False
-        stats = self.stats[key] = StreamStats(peer)
+        stats = self.stats[key] = StreamStats(peer, publish_type)
         self.publisher.start_session(key)
         self._announce(key, stats.info())
         return True

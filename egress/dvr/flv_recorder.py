@@ -35,6 +35,7 @@ KEEPS: Final = {
     "autoVideo": (False, True, False, False),
     "keyframe": (False, True, True, False),
 }
+APPEND_GAP_MS: Final = 40  # an appended recording starts this long after the file's end
 _VIDEO_CODEC_IDS: Final = {Codec.H264: 7, Codec.HEVC: 12, Codec.AV1: 13}
 _AUDIO_CODEC_IDS: Final = {Codec.AAC: 10, Codec.OPUS: 13, Codec.MP3: 2}
 # onMetaData fields of a track a recording leaves out.
@@ -82,6 +83,7 @@ class FlvFile:
     frames: int = 0
     keyframes: list[tuple[int, int]] = field(default_factory=list)  # (file offset, ms)
     metadata: dict[str, amf0.Value] = field(default_factory=dict)
+    appended: bool = False  # continues a file on disk: only a scan of it knows it all
 
     def finished_head(self) -> tuple[bytes, int]:
         """(new head, old head size): the file's bytes from the old head's end follow it."""
@@ -123,6 +125,7 @@ class FlvRecorder:
         self._files = 0
         self._start_ms = 0  # dts of the file's first frame
         self._full = False  # a limit was passed: cut at the next start point
+        self._resume_ms: int | None = None
 
     def add(self, pkt: MediaPacket) -> list[FlvEvent]:
         kind = pkt.kind
@@ -154,6 +157,11 @@ class FlvRecorder:
             limits.max_frames and file.frames >= limits.max_frames))
         return events
 
+    def resume(self, duration_ms: int) -> None:
+        """The first file continues one that lasts duration_ms (DVR_FLV `append`): no head,
+        and timestamps that go on after its last frame."""
+        self._resume_ms = duration_ms + APPEND_GAP_MS
+
     def finish(self) -> list[FlvEvent]:
         """End the current file (at a limit, or when the stream ends)."""
         file, self.file = self.file, None
@@ -177,12 +185,21 @@ class FlvRecorder:
         self._full = False
         file = self.file = FlvFile(self._files, self.audio, self.video)
         self._files += 1
+        if self._resume_ms is not None:
+            self._start_ms -= self._resume_ms
+            self._resume_ms = None
+            file.appended = True
+            events: list[FlvEvent] = [FileStarted(file.number)]
+            for kind in (TrackKind.VIDEO, TrackKind.AUDIO):  # repeated: decoders reset on them
+                if (config := self._configs.get(kind)) is not None:
+                    events += self._tag(config)
+            return events
         dropped = (() if self.video else _VIDEO_FIELDS) + (() if self.audio else _AUDIO_FIELDS)
         file.metadata = {**{k: v for k, v in self._metadata.items() if k not in dropped},
                          **self._codec_fields()}
         head = file.head_for(EcmaArray({**file.metadata, "duration": 0.0}))
         file.head_size = file.size = len(head)
-        events: list[FlvEvent] = [FileStarted(file.number), FileBytes(head)]
+        events = [FileStarted(file.number), FileBytes(head)]
         for kind in (TrackKind.VIDEO, TrackKind.AUDIO):
             if (config := self._configs.get(kind)) is not None:
                 events += self._tag(config)

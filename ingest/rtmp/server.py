@@ -134,8 +134,8 @@ class RtmpConnectionHandler:
             self.log.info("connect app=%s tcUrl=%s", ev.app, ev.tc_url)
             self.conn.accept_connect()
         elif isinstance(ev, s.PublishRequested):
-            if self.worker.begin_publish(ev.key, self.peer):
-                self.log.info("publish %s", ev.key)
+            if self.worker.begin_publish(ev.key, self.peer, ev.mode):
+                self.log.info("publish %s (%s)", ev.key, ev.mode)
                 self.conn.accept_publish(ev.stream_id, ev.key)
             else:
                 self.log.warning("refused publish of %s: already publishing", ev.key)

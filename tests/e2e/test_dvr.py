@@ -3,6 +3,7 @@ DVR worker killed with SIGKILL in the middle of a recording."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import subprocess
@@ -13,7 +14,11 @@ from typing import TYPE_CHECKING, Any
 import av
 import httpx
 import pytest
+import trio
 
+from bench.media import load_media
+from bench.publisher import EncodedMedia, Publisher
+from bench.rtmp import CHUNK_SIZE
 from tests.e2e.harness import (
     REPO,
     cleanup,
@@ -191,3 +196,46 @@ def test_record_control_starts_and_stops_manual_recordings(recording_server: Ser
         assert "not recording" in out.stderr
     finally:
         kill(publisher)
+
+
+@pytest.mark.parametrize("recording_server", [{"mode": "all", "append": True}], indirect=True)
+def test_append_continues_the_file(recording_server: Server, av_media: Path) -> None:
+    server = recording_server
+    path = folder(server) / "sample.flv"
+    for _ in range(2):
+        finish(publish(server, av_media), 40)
+        wait_until(lambda: path.exists() and b"keyframes" in path.read_bytes()[:8192], 15,
+                   "the finished file")
+        time.sleep(0.5)
+    video, _audio, duration = frames(path)
+    assert video == 2 * 300
+    assert duration == pytest.approx(20, abs=0.5)  # timestamps went on: no jump back to 0
+    with av.open(str(path)) as container:
+        dts = [p.dts for p in container.demux(video=0) if p.dts is not None]
+    assert all(a < b for a, b in itertools.pairwise(dts))
+
+
+@pytest.mark.parametrize("recording_server", [{"mode": "auto"}], indirect=True)
+def test_auto_mode_records_when_the_publisher_asks(recording_server: Server,
+                                                   av_media: Path) -> None:
+    server = recording_server
+    path = folder(server) / "sample.flv"
+    publisher = publish(server, av_media)  # ffmpeg publishes "live": nothing is recorded
+    try:
+        wait_until(lambda: server.stream_status(), 10, "the stream")
+        time.sleep(2)
+        assert not path.exists()
+    finally:
+        kill(publisher)
+    wait_until(lambda: server.stream_status() is None, 10, "the stream's end")
+    encoded = EncodedMedia(load_media(av_media), CHUNK_SIZE)
+
+    async def record_for(seconds: float) -> None:
+        with trio.move_on_after(seconds):
+            await Publisher(encoded, publish_type="record").run(
+                "127.0.0.1", server.rtmp_port, "live", "sample")
+
+    trio.run(record_for, 4)
+    wait_until(lambda: path.exists() and b"keyframes" in path.read_bytes()[:8192], 15,
+               "the recording")
+    assert frames(path)[0] >= 90

@@ -17,6 +17,7 @@ from egress.dvr.flv_recorder import (
     FlvLimits,
     FlvRecorder,
 )
+from egress.dvr.flv_writer import rebuild
 from media import amf0
 from media.flv import NEED_DATA, FlvDecoder, FlvHeader, FlvTag, parse_video_body
 from tests.egress.media import KEY, ffmpeg_exe
@@ -181,3 +182,36 @@ def test_ffmpeg_reads_and_seeks_a_recording(tmp_path: Path,
         container.seek(3_500_000, any_frame=False)  # AV_TIME_BASE microseconds
         frame = next(container.decode(stream_))
         assert frame.time == pytest.approx(2.0, abs=0.07)
+
+
+def test_a_torn_file_is_rebuilt_up_to_its_last_tag(tmp_path: Path) -> None:
+    """A recording cut by a crash: no final head, a torn last tag. rebuild() indexes it."""
+    recorder = FlvRecorder("all", FlvLimits(), audio=True, video=True)
+    growing = b"".join(e.data for p in [META, *stream(5)] for e in recorder.add(p)
+                       if isinstance(e, FileBytes))
+    path = tmp_path / "torn.flv"
+    for cut in (len(growing) - 7, len(growing) - 2):  # inside the last tag; in its trailer
+        path.write_bytes(growing[:cut])
+        rebuild(path)
+        header, tags, offsets = parse(path.read_bytes())  # parses to the very end
+        meta = metadata(tags[0])
+        assert meta["filesize"] == float(path.stat().st_size)
+        keyed = [o for o, t in zip(offsets, tags, strict=True) if t.tag_type == 9
+                 and (b := parse_video_body(t.body)) is not None and b.keyframe
+                 and b.kind == "frame"]
+        index = meta["keyframes"]
+        assert isinstance(index, dict)
+        assert index["filepositions"] == [float(o) for o in keyed]
+        assert (header.audio, header.video) == (True, True)
+
+
+def test_resume_continues_the_timestamps() -> None:
+    recorder = FlvRecorder("all", FlvLimits(), audio=True, video=True)
+    recorder.resume(5000)
+    events = [e for p in [META, *stream(2)] for e in recorder.add(p)] + recorder.finish()
+    data = b"".join(e.data for e in events if isinstance(e, FileBytes))
+    assert not data.startswith(b"FLV")  # no head: it goes after the file's own
+    finished = [e for e in events if isinstance(e, FileFinished)]
+    assert finished[0].file.appended
+    first_frame_ts = int.from_bytes(data[4:7], "big")  # the video config tag
+    assert first_frame_ts == 5040
