@@ -23,6 +23,7 @@ from broker.feed import ANNOUNCE_INTERVAL_S
 from broker.packet import StreamKey
 from broker.zsock import BusPublisher, BusSubscriber, bus_endpoints
 from control.config import location_for
+from control.hooks import Hooks
 from egress.dvr.recording import RecordingHub
 
 if TYPE_CHECKING:
@@ -83,6 +84,7 @@ class DvrWorker:
         self.consumer = Consumer(ctx, self.subscriber, {HUB_KIND: self._make_hub})
         self.consumer.control_handlers.append(self._on_control)
         self._nursery: trio.Nursery | None = None
+        self.hooks = Hooks()
 
     def _on_control(self, body: dict[str, object]) -> None:
         kind = body.get("kind")
@@ -117,8 +119,16 @@ class DvrWorker:
         kind = self._publish_type(key)
         hub = self.hubs[key] = RecordingHub(key, cmaf_entries(self.cfg, key, kind),
                                             dvr_entries(self.cfg, key, "DVR_FLV", kind),
-                                            self._announce)
+                                            self._announce, self._notify)
         return hub
+
+    def _notify(self, entry: DvrConfig, event: str, body: dict[str, object]) -> None:
+        """A recording started or finished: the entry's hooks and its location's."""
+        key = StreamKey.parse(str(body["stream"]))
+        loc = location_for(self.cfg.rtmp.location, f"/{key.app}")
+        attr = "on_record" if event == "record" else "on_record_done"
+        urls = getattr(entry, attr) + (getattr(loc, attr) if loc is not None else ())
+        self.hooks.fire(urls, event, body)
 
     def _announce(self, news: dict[str, object]) -> None:
         self.publisher.send_control(EVENT, news)
@@ -209,7 +219,7 @@ class DvrWorker:
 
     async def serve(self) -> None:
         async with trio.open_nursery() as nursery:
-            self._nursery = nursery
+            self._nursery = self.hooks.nursery = nursery
             nursery.start_soon(self.subscriber.serve)
             nursery.start_soon(self.consumer.serve)
             nursery.start_soon(self._report)

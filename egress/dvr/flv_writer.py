@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, BinaryIO
 
 from egress.dvr.flv_recorder import (
@@ -36,6 +37,8 @@ if TYPE_CHECKING:
     from control.config import DvrConfig
 
 logger = logging.getLogger(__name__)
+
+Notify = Callable[[str, dict[str, object]], None]
 
 COPY_CHUNK = 1 << 20
 
@@ -116,8 +119,10 @@ def rebuild(path: Path) -> FlvFile:
 
 
 class FlvRecording:
-    def __init__(self, entry: DvrConfig, key: StreamKey, *, audio: bool, video: bool) -> None:
+    def __init__(self, entry: DvrConfig, key: StreamKey, *, audio: bool, video: bool,
+                 notify: Notify | None = None) -> None:
         self.entry, self.key = entry, key
+        self.notify = notify  # ("record" | "record_done", what happened) -> event hooks
         self.recorder = FlvRecorder(entry.mode, FlvLimits(
             entry.max_size_bytes, entry.max_time_ms, entry.max_frames), audio=audio, video=video)
         self.path: Path | None = None
@@ -174,6 +179,13 @@ class FlvRecording:
         self.path = path
         self._file = open(path, "wb", buffering=0)  # noqa: SIM115 (lives across packets)
         logger.info("dvr %s: recording %s to %s", self.entry.id, self.key, path)
+        self._notify("record", {"path": str(path)})
+
+    def _notify(self, event: str, body: dict[str, object]) -> None:
+        if self.notify is not None:
+            self.notify(event, {"app": self.key.app, "instance": self.key.instance,
+                                "name": self.key.name, "stream": str(self.key),
+                                "dvr": self.entry.id, **body})
 
     def _finish(self, event: FileFinished) -> None:
         file, path = self._file, self.path
@@ -183,8 +195,7 @@ class FlvRecording:
         file.close()
         if event.file.appended:
             whole = rebuild(path)  # the head must index what was there before too
-            logger.info("dvr %s: recorded %s (%d bytes, %.1f s)", self.entry.id, path,
-                        path.stat().st_size, whole.duration_ms / 1000)
+            self._done(path, path.stat().st_size, whole.duration_ms)
             return
         head, old_size = event.file.finished_head()
         tmp = path.with_name(path.name + ".tmp")
@@ -194,5 +205,10 @@ class FlvRecording:
             while chunk := src.read(COPY_CHUNK):
                 dst.write(chunk)
         os.replace(tmp, path)
-        logger.info("dvr %s: recorded %s (%d bytes, %.1f s)", self.entry.id, path,
-                    event.file.size + len(head) - old_size, event.file.duration_ms / 1000)
+        self._done(path, event.file.size + len(head) - old_size, event.file.duration_ms)
+
+    def _done(self, path: Path, size: int, duration_ms: int) -> None:
+        logger.info("dvr %s: recorded %s (%d bytes, %.1f s)", self.entry.id, path, size,
+                    duration_ms / 1000)
+        self._notify("record_done", {"path": str(path), "size": size,
+                                     "duration": duration_ms / 1000})

@@ -128,12 +128,15 @@ class RecordingHub(StreamHub):
 
     def __init__(self, key: StreamKey, entries: tuple[DvrConfig, ...],
                  flv_entries: tuple[DvrConfig, ...],
-                 announce: Callable[[dict[str, object]], None]) -> None:
+                 announce: Callable[[dict[str, object]], None],
+                 notify: Callable[[DvrConfig, str, dict[str, object]], None] | None = None,
+                 ) -> None:
         super().__init__(key, _no_mux)
         self.entries = entries
         self.flv_entries = flv_entries
         self.serving = serving_entry(entries)
         self.announce = announce
+        self.notify = notify  # a recording's events, for the on_record hooks
         self.presentations: list[Presentation] = []
         self.recordings: list[FlvRecording] = []  # this publishing session's
         self.manual_entries: list[DvrConfig] = []  # started by the control API
@@ -201,8 +204,12 @@ class RecordingHub(StreamHub):
 
     def _new_recording(self, entry: DvrConfig) -> FlvRecording | None:
         try:
-            recording = FlvRecording(entry, self.key, audio=self.cache.audio_config is not None,
-                                     video=self.cache.video_config is not None)
+            notify = self.notify
+            recording = FlvRecording(
+                entry, self.key, audio=self.cache.audio_config is not None,
+                video=self.cache.video_config is not None,
+                notify=None if notify is None else (
+                    lambda event, body: notify(entry, event, body)))
         except ValueError as exc:
             logger.warning("dvr %s: %s: %s", entry.id, self.key, exc)
             return None

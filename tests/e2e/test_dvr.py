@@ -3,13 +3,16 @@ DVR worker killed with SIGKILL in the middle of a recording."""
 
 from __future__ import annotations
 
+import http.server
 import itertools
+import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import av
 import httpx
@@ -23,6 +26,7 @@ from tests.e2e.harness import (
     REPO,
     cleanup,
     finish,
+    free_port,
     kill,
     media_report,
     publish,
@@ -239,3 +243,43 @@ def test_auto_mode_records_when_the_publisher_asks(recording_server: Server,
     wait_until(lambda: path.exists() and b"keyframes" in path.read_bytes()[:8192], 15,
                "the recording")
     assert frames(path)[0] >= 90
+
+
+class _HookReceiver(http.server.BaseHTTPRequestHandler):
+    received: ClassVar[list[dict[str, Any]]] = []
+
+    def do_POST(self) -> None:
+        size = int(self.headers["Content-Length"])
+        _HookReceiver.received.append(json.loads(self.rfile.read(size)))
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def test_record_hooks_are_posted(av_media: Path) -> None:
+    port = free_port()
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", port), _HookReceiver)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    _HookReceiver.received = []
+    url = f"http://127.0.0.1:{port}/hook"
+    server = start_server(ingest=1, egress=1, tweak=flv_dvr(
+        mode="all", on_record=url, on_record_done=[url, f"http://127.0.0.1:{free_port()}/x"]))
+    try:
+        finish(publish(server, av_media), 40)
+        wait_until(lambda: len(_HookReceiver.received) >= 2, 15, "both hooks")
+        wait_until(lambda: "hook record_done" in server.log(), 10, "the failed hook's log line")
+    finally:
+        cleanup(server)
+        httpd.shutdown()
+        httpd.server_close()
+    started, done = _HookReceiver.received[:2]
+    path = str(folder(server) / "sample.flv")
+    assert started == {"event": "record", "app": "live", "instance": "_definst_",
+                       "name": "sample", "stream": "live/_definst_/sample", "dvr": "dvr1",
+                       "path": path}
+    assert done["event"] == "record_done"
+    assert done["path"] == path
+    assert done["size"] > 100_000
+    assert done["duration"] == pytest.approx(10, abs=0.2)
