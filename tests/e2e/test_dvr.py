@@ -283,3 +283,40 @@ def test_record_hooks_are_posted(av_media: Path) -> None:
     assert done["path"] == path
     assert done["size"] > 100_000
     assert done["duration"] == pytest.approx(10, abs=0.2)
+
+
+@pytest.mark.parametrize(("mode", "want"), [
+    ("audio", (0, True)), ("video", (300, False)), ("keyframe", (5, False)),
+    ("advanced", (300, True)),
+])
+def test_each_mode_records_its_tracks(mode: str, want: tuple[int, bool],
+                                      av_media: Path) -> None:
+    server = start_server(ingest=1, egress=1, tweak=flv_dvr(mode=mode))
+    try:
+        finish(publish(server, av_media), 40)
+        path = folder(server) / "sample.flv"
+        wait_until(lambda: path.exists() and b"keyframes" in path.read_bytes()[:8192], 15,
+                   "the recording")
+        video, audio, _ = frames(path)
+        with av.open(str(path)) as container:
+            kinds = sorted(s.type for s in container.streams)
+    finally:
+        cleanup(server)
+    assert video == want[0]
+    assert (audio > 400) == want[1]
+    assert kinds == sorted((["audio"] if want[1] else []) + (["video"] if want[0] else []))
+
+
+@pytest.mark.parametrize("recording_server", [{"mode": "all"}], indirect=True)
+def test_recordings_seek(recording_server: Server, av_media: Path) -> None:
+    server = recording_server
+    finish(publish(server, av_media), 40)
+    path = folder(server) / "sample.flv"
+    wait_until(lambda: path.exists() and b"keyframes" in path.read_bytes()[:8192], 15,
+               "the recording")
+    for target in (3.0, 6.5):
+        with av.open(str(path)) as container:
+            container.seek(round(target * 1_000_000))
+            frame = next(container.decode(video=0))
+            # On the keyframe before the target (every 2 s in the test media).
+            assert frame.time == pytest.approx(2 * (target // 2), abs=0.1)  # + B-frame delay

@@ -200,3 +200,18 @@ def test_single_track_streams_play_over_hls_and_dash(server: Server, kind: str,
         assert len(got["video"]) >= 60
     else:
         assert got["audio_samples"] >= 2 * 44100
+
+
+def test_hls_and_dash_need_a_dvr_fmp4_entry(long_av_media: Path) -> None:
+    def no_fmp4(doc: dict[str, Any]) -> None:
+        loc = doc["rtmp"]["location"][0]
+        loc["dvr"] = [d for d in loc["dvr"] if d["name"] != "DVR_FMP4"]
+
+    server = start_server(ingest=1, egress=1, tweak=no_fmp4)
+    try:
+        for name in ("index.m3u8", "index.mpd"):
+            answer = httpx.get(playlist_url(server, name), timeout=10)
+            assert answer.status_code == 404
+            assert "no DVR_FMP4 entry" in answer.text
+    finally:
+        cleanup(server)
