@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -18,7 +19,7 @@ from broker.hub import Viewer
 from broker.packet import DEFAULT_INSTANCE, StreamKey
 from control.config import location_for
 from egress import static
-from egress.dash.mpd import TIME_PATH, iso_now
+from egress.dash.mpd import TIME_PATH, xs_datetime
 from egress.flv_live import FlvHandler, Framing, http_live, ws_live
 from egress.fmp4.live import Fmp4Handler
 from egress.presentations import Presentations, parse_path
@@ -219,7 +220,7 @@ class EgressApp:
 
     async def time(self, request: Request) -> Response:
         """The server's clock for DASH players (UTCTiming urn:mpeg:dash:utc:http-iso:2014)."""
-        return PlainTextResponse(iso_now(), headers={
+        return PlainTextResponse(xs_datetime(time.time()), headers={
             "Cache-Control": "no-store", **self.cors_headers(request.headers.get("origin"))})
 
     async def streams(self, request: Request) -> Response:

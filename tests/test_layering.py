@@ -26,16 +26,22 @@ ALLOWED_PACKAGES: dict[str, frozenset[str]] = {
     "chat": frozenset({"media"}),
     "control": frozenset(PACKAGES),
 }
+# The workers read their part of the configuration, and fire the operator's event hooks
+# (control.hooks imports none of our packages).
 ALLOWED_MODULES: dict[str, frozenset[str]] = {
-    "ingest": frozenset({"control.config"}),
-    "egress": frozenset({"control.config"}),
+    "ingest": frozenset({"control.config", "control.hooks"}),
+    "egress": frozenset({"control.config", "control.hooks"}),
 }
 
 PURE_MODULES = (
     "broker/packet.py", "broker/wire.py", "broker/gop.py", "broker/feed.py",
     "broker/flvpacket.py", "egress/wsframe.py", "egress/fmp4/fragmenter.py",
+    "egress/fmp4/segmenter.py", "egress/hls/playlist.py", "egress/dash/mpd.py",
+    "egress/dvr/flv_recorder.py", "egress/dvr/paths.py",
     "ingest/rtmp/chunk.py", "ingest/rtmp/handshake.py", "ingest/rtmp/messages.py",
     "ingest/rtmp/session.py", "ingest/rtmp/errors.py",
+    "ingest/rtsp/message.py", "ingest/rtsp/sdp.py", "ingest/rtsp/rtp.py",
+    "ingest/rtsp/h264.py", "ingest/rtsp/aac.py",
     "control/config.py",
 )
 IO_LIBRARIES = frozenset({"trio", "zmq", "socket", "hypercorn", "starlette", "anyio",

@@ -19,7 +19,6 @@ the file).
 from __future__ import annotations
 
 import datetime as dt
-import time
 from typing import TYPE_CHECKING, Final
 from xml.sax.saxutils import quoteattr
 
@@ -36,14 +35,10 @@ MINIMUM_UPDATE_PERIOD_S: Final = 0.5
 MIN_BUFFER_S: Final = 1.0
 
 
-def _datetime(epoch_s: float) -> str:
+def xs_datetime(epoch_s: float) -> str:
+    """xs:dateTime in UTC with milliseconds, as MPD attributes and the time endpoint use."""
     moment = dt.datetime.fromtimestamp(epoch_s, dt.UTC)
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
-
-
-def iso_now() -> str:
-    """The wall clock as xs:dateTime, for the UTCTiming endpoint (a shell's call)."""
-    return _datetime(time.time())
 
 
 def _duration(seconds: float) -> str:
@@ -80,8 +75,8 @@ def mpd(recorder: CmafRecorder, *, now: float) -> str | None:
         attrs.append(f'type="static" mediaPresentationDuration="{_duration(total)}"')
     else:
         attrs.append(
-            f'type="dynamic" availabilityStartTime="{_datetime(ast)}" '
-            f'publishTime="{_datetime(now)}" '
+            f'type="dynamic" availabilityStartTime="{xs_datetime(ast)}" '
+            f'publishTime="{xs_datetime(now)}" '
             f'minimumUpdatePeriod="{_duration(MINIMUM_UPDATE_PERIOD_S)}" '
             f'timeShiftBufferDepth="{_duration(plan.window_s)}" '
             f'suggestedPresentationDelay="{_duration(3 * plan.part_target_s)}"')
