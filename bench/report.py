@@ -166,7 +166,7 @@ def targets_table(results: dict[str, Any]) -> list[str]:
          *pair("startup_ms_p95", both(), "{:.0f} ms"), "", "≤ 50 ms"),
         ("latency publisher → player, p95 at N=200",
          *pair("latency_ms_p95", both(viewers=200), "{:.1f} ms"), "", "≤ 10 ms"),
-        ("… the same, RTMP and FLV only (fMP4 holds each frame until the next)",
+        ("… the same, RTMP and FLV only",
          _where([r for r in both(viewers=200)[0] if "fmp4" not in r["protocol"]],
                 "latency_ms_p95", "{:.1f} ms"), "", "", "≤ 10 ms"),
         ("ingest, publishers at 2 Mbit/s carried",
