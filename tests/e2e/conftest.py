@@ -81,3 +81,11 @@ def server() -> Iterator[Server]:
     srv = start_server(ingest=2, egress=2)
     yield srv
     cleanup(srv)
+
+
+@pytest.fixture
+def one_egress() -> Iterator[Server]:
+    """One ingest and one egress worker: requests that must meet the same worker's state."""
+    srv = start_server(ingest=1, egress=1)
+    yield srv
+    cleanup(srv)

@@ -10,7 +10,6 @@ import xml.etree.ElementTree as ET
 from typing import TYPE_CHECKING, Any
 
 import httpx
-import pytest
 
 from tests.e2e.harness import (
     FFMPEG,
@@ -24,7 +23,6 @@ from tests.e2e.harness import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
     from pathlib import Path
 
     from tests.e2e.harness import Server
@@ -50,13 +48,6 @@ def ffmpeg_packets(url: str, seconds: float | None) -> dict[int, list[tuple[int,
         fields = [f.strip() for f in line.split(",")]
         out.setdefault(int(fields[0]), []).append((int(fields[1]), int(fields[2])))
     return out
-
-
-@pytest.fixture
-def one_egress() -> Iterator[Server]:
-    srv = start_server(ingest=1, egress=1)
-    yield srv
-    cleanup(srv)
 
 
 def test_ffmpeg_reads_live_dash(server: Server, long_av_media: Path) -> None:

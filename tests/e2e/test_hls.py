@@ -27,7 +27,6 @@ from tests.e2e.test_dash import ffmpeg_packets
 from tests.egress.test_segmenter import check_playlist, extinfs
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
     from pathlib import Path
 
     from tests.e2e.harness import Server
@@ -61,13 +60,6 @@ def read_hls(url: str, seconds: float) -> dict[str, Any]:
                 if isinstance(frame, av.AudioFrame):
                     audio_samples += frame.samples
     return {"video": video, "audio_samples": audio_samples, "codecs": codecs}
-
-
-@pytest.fixture
-def one_egress() -> Iterator[Server]:
-    srv = start_server(ingest=1, egress=1)
-    yield srv
-    cleanup(srv)
 
 
 def test_pyav_plays_live_hls(server: Server, long_av_media: Path) -> None:
