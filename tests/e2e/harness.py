@@ -269,3 +269,28 @@ def media_report(path: Path) -> FlvReport:
 
 def dump(obj: Any) -> str:
     return json.dumps(obj, indent=1, default=str)
+
+
+def dvr_entry(name: str, **keys: Any) -> Any:
+    """A start_server tweak: set keys of the default location's DVR entry of that name."""
+    def tweak(doc: dict[str, Any]) -> None:
+        for dvr in doc["rtmp"]["location"][0]["dvr"]:
+            if dvr["name"] == name:
+                dvr.update(keys)
+    return tweak
+
+
+def publish_again(server: Server, media: Path, warm_url: str) -> subprocess.Popen[bytes]:
+    """Publish for 3 s (with `warm_url` asked for, so presentations run), stop, and publish
+    again a second later: the second publisher, running."""
+    import httpx
+
+    first = publish(server, media)
+    try:
+        wait_until(lambda: server.stream_status(), 10, "the stream")
+        assert httpx.get(warm_url, timeout=15).status_code == 200
+        time.sleep(3)
+    finally:
+        kill(first)
+    time.sleep(1)
+    return publish(server, media)

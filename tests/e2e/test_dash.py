@@ -14,10 +14,12 @@ import httpx
 from tests.e2e.harness import (
     FFMPEG,
     cleanup,
+    dvr_entry,
     finish,
     kill,
     media_report,
     publish,
+    publish_again,
     start_server,
     wait_until,
 )
@@ -149,12 +151,7 @@ def test_segment_being_written_comes_part_by_part(one_egress: Server,
 
 
 def test_recording_gives_a_static_mpd_with_every_frame(av_media: Path) -> None:
-    def record_all(doc: dict[str, Any]) -> None:
-        for dvr in doc["rtmp"]["location"][0]["dvr"]:
-            if dvr["name"] == "DVR_FMP4":
-                dvr["mode"] = "all"
-
-    server = start_server(ingest=1, egress=1, tweak=record_all)
+    server = start_server(ingest=1, egress=1, tweak=dvr_entry("DVR_FMP4", mode="all"))
     try:
         sent = media_report(av_media)
         finish(publish(server, av_media), 40)
@@ -170,15 +167,7 @@ def test_recording_gives_a_static_mpd_with_every_frame(av_media: Path) -> None:
 def test_reconnecting_publisher_starts_a_new_period(one_egress: Server,
                                                     av_media: Path) -> None:
     server = one_egress
-    first = publish(server, av_media)
-    try:
-        wait_until(lambda: server.stream_status(), 10, "the stream")
-        assert httpx.get(mpd_url(server), timeout=15).status_code == 200
-        time.sleep(3)
-    finally:
-        kill(first)
-    time.sleep(1)
-    second = publish(server, av_media)
+    second = publish_again(server, av_media, mpd_url(server))
     try:
         wait_until(lambda: len(_periods(httpx.get(mpd_url(server), timeout=10).text)[1]) == 2,
                    15, "a second Period")

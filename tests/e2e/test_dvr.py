@@ -25,6 +25,7 @@ from bench.rtmp import CHUNK_SIZE
 from tests.e2e.harness import (
     REPO,
     cleanup,
+    dvr_entry,
     finish,
     free_port,
     kill,
@@ -42,10 +43,7 @@ if TYPE_CHECKING:
 
 
 def flv_dvr(**keys: Any) -> Callable[[dict[str, Any]], None]:
-    def tweak(doc: dict[str, Any]) -> None:
-        for dvr in doc["rtmp"]["location"][0]["dvr"]:
-            if dvr["name"] == "DVR_FLV":
-                dvr.update(keys)
+    tweak: Callable[[dict[str, Any]], None] = dvr_entry("DVR_FLV", **keys)
     return tweak
 
 

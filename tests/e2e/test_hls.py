@@ -15,11 +15,13 @@ import pytest
 from egress.fmp4.segmenter import SegmentPlan
 from tests.e2e.harness import (
     cleanup,
+    dvr_entry,
     finish,
     kill,
     make_media,
     media_report,
     publish,
+    publish_again,
     start_server,
     wait_until,
 )
@@ -120,12 +122,7 @@ def test_playlists_keep_the_rules_and_blocking_reload_waits_for_the_part(
 
 
 def test_recording_is_a_complete_vod_playlist(long_av_media: Path, av_media: Path) -> None:
-    def record_all(doc: dict[str, Any]) -> None:
-        for dvr in doc["rtmp"]["location"][0]["dvr"]:
-            if dvr["name"] == "DVR_FMP4":
-                dvr["mode"] = "all"
-
-    server = start_server(ingest=1, egress=1, tweak=record_all)
+    server = start_server(ingest=1, egress=1, tweak=dvr_entry("DVR_FMP4", mode="all"))
     try:
         sent = media_report(av_media)
         finish(publish(server, av_media), 40)
@@ -149,15 +146,7 @@ def test_reconnecting_publisher_gives_a_discontinuity(one_egress: Server,
                                                       av_media: Path) -> None:
     server = one_egress
     url = playlist_url(server, "v.m3u8")
-    first = publish(server, av_media)
-    try:
-        wait_until(lambda: server.stream_status(), 10, "the stream")
-        assert httpx.get(playlist_url(server), timeout=15).status_code == 200
-        time.sleep(3)
-    finally:
-        kill(first)
-    time.sleep(1)
-    second = publish(server, av_media)
+    second = publish_again(server, av_media, playlist_url(server))
     try:
         wait_until(lambda: "#EXT-X-DISCONTINUITY\n" in httpx.get(url, timeout=10).text
                    and "v-init-1.m4s" in httpx.get(url, timeout=10).text, 15,
