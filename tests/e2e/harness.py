@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
@@ -14,7 +15,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import imageio_ffmpeg
 import tomli_w
@@ -25,6 +26,9 @@ from control import ctlsock
 from control.config import default_document
 from media import flv
 from media.codecs import avc
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 FFMPEG: str = imageio_ffmpeg.get_ffmpeg_exe()
 REPO = Path(__file__).resolve().parents[2]
@@ -294,3 +298,15 @@ def publish_again(server: Server, media: Path, warm_url: str) -> subprocess.Pope
         kill(first)
     time.sleep(1)
     return publish(server, media)
+
+
+@contextlib.contextmanager
+def live_stream(server: Server, media: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """A publisher of `media` while the block runs: the stream is live when it starts, and
+    the publisher is stopped when it ends, however it ends."""
+    publisher = publish(server, media)
+    try:
+        wait_until(lambda: server.stream_status(), 10, "the stream")
+        yield publisher
+    finally:
+        kill(publisher)

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import pytest
 
-from tests.e2e.harness import REPO, cleanup, free_port, publish, start_server, wait_until
+from tests.e2e.harness import REPO, cleanup, free_port, live_stream, start_server
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -73,16 +73,11 @@ def cors_server(page_server: str) -> Iterator[Server]:
 def test_mpegts_js_plays_live_flv(cors_server: Server, page_server: str, av_media: Path,
                                   scheme: str) -> None:
     server = cors_server
-    publisher = publish(server, av_media)
-    try:
-        wait_until(lambda: server.stream_status(), 10, "the stream")
+    with live_stream(server, av_media):
         src = f"{scheme}://127.0.0.1:{server.http_port}/live/sample.flv"
         started = time.monotonic()
         report = play_in_browser(f"{page_server}/mpegts.html?src={src}", PLAY_S)
         assert time.monotonic() - started < PLAY_S + 30
-    finally:
-        publisher.kill()
-        publisher.communicate()
     assert report["supported"], report
     assert report["errors"] == [], f"{report['errors']}\nserver log:\n{server.log()}"
     assert report["mediaInfo"]["hasAudio"] is True
@@ -99,9 +94,7 @@ def test_mpegts_js_plays_live_flv(cors_server: Server, page_server: str, av_medi
 def test_hls_js_plays_live_hls(cors_server: Server, page_server: str, long_av_media: Path,
                                low_latency: bool) -> None:
     server = cors_server
-    publisher = publish(server, long_av_media)
-    try:
-        wait_until(lambda: server.stream_status(), 10, "the stream")
+    with live_stream(server, long_av_media):
         src = f"http://127.0.0.1:{server.http_port}/live/sample/index.m3u8"
         flag = "1" if low_latency else "0"
         if not low_latency:
@@ -111,9 +104,6 @@ def test_hls_js_plays_live_hls(cors_server: Server, page_server: str, long_av_me
             time.sleep(3 * PLAN_SEGMENT_S)
         report = play_in_browser(f"{page_server}/hls.html?lowLatency={flag}&src={src}",
                                  HLS_PLAY_S)
-    finally:
-        publisher.kill()
-        publisher.communicate()
     assert report["supported"], report
     assert report["fatal"] == [], f"{report}\nserver log:\n{server.log()}"
     assert report["levels"] == [{"width": 320, "height": 240, "codecs": "avc1,mp4a"}]
@@ -134,15 +124,10 @@ def test_dash_js_plays_live_dash(cors_server: Server, page_server: str,
                                  long_av_media: Path) -> None:
     """dash.js takes its low-latency mode from the MPD (availabilityTimeOffset, chunks)."""
     server = cors_server
-    publisher = publish(server, long_av_media)
-    try:
-        wait_until(lambda: server.stream_status(), 10, "the stream")
+    with live_stream(server, long_av_media):
         base = f"http://127.0.0.1:{server.http_port}"
         src, clock = f"{base}/live/sample/index.mpd", f"{base}/api/time"
         report = play_in_browser(f"{page_server}/dash.html?src={src}&time={clock}", HLS_PLAY_S)
-    finally:
-        publisher.kill()
-        publisher.communicate()
     assert report["supported"], report
     assert report["fatal"] == [], f"{report}\nserver log:\n{server.log()}"
     assert sorted(t["type"] for t in report["tracks"]) == ["audio", "video"], report
@@ -160,18 +145,13 @@ def test_dash_js_plays_live_dash(cors_server: Server, page_server: str,
 def test_mse_plays_live_fmp4(cors_server: Server, page_server: str, long_av_media: Path,
                              scheme: str) -> None:
     server = cors_server
-    publisher = publish(server, long_av_media)
-    try:
-        wait_until(lambda: server.stream_status(), 10, "the stream")
+    with live_stream(server, long_av_media):
         # The codecs of the stream's init segment, as the server's HLS playlist states them.
         top = httpx.get(server.http("/live/sample/index.m3u8"), timeout=15).text
         codecs = top.split('CODECS="', 1)[1].split('"', 1)[0]
         src = f"{scheme}://127.0.0.1:{server.http_port}/live/sample.mp4"
         report = play_in_browser(f"{page_server}/mse.html?codecs={codecs}&src={src}",
                                  HLS_PLAY_S)
-    finally:
-        publisher.kill()
-        publisher.communicate()
     assert report["supported"], report
     assert report["fatal"] == [], f"{report}\nserver log:\n{server.log()}"
     samples = [s for s in report["samples"] if s["t"] > 0]
