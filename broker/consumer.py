@@ -26,6 +26,7 @@ PUBLISHER_WAIT_S = 3.0
 HubId = tuple["StreamKey", str]  # a stream and the kind of hub (output format) watching it
 # A hub with no viewers left is kept this long, so a reconnecting viewer starts at once.
 IDLE_HUB_S = 5.0
+LIVE_POLL_S = 0.05
 
 
 class _Watched:
@@ -99,6 +100,22 @@ class Consumer:
             watched.idle_since = trio.current_time()
         return False
 
+    async def wait_live(self, key: StreamKey, *, kind: str = "",
+                        wait_s: float = PUBLISHER_WAIT_S) -> StreamHub | None:
+        """Wait (up to wait_s) until the stream's hub could start a viewer: its tracks and
+        decoder configs are known (an RTSP DESCRIBE needs them before any viewer is added)."""
+        watched = self._watch(key, kind)
+        watched.idle_since = None
+        with trio.move_on_after(wait_s):
+            while not watched.hub.live:
+                # A hub goes live on a packet, which wakes nobody: look again shortly.
+                with trio.move_on_after(LIVE_POLL_S):
+                    await self._wait_change()
+            return watched.hub
+        if not watched.hub.viewers:
+            watched.idle_since = trio.current_time()
+        return None
+
     def add(self, key: StreamKey, viewer: Viewer, *, kind: str = "") -> StreamHub:
         """Add a viewer at once (after wait_published): no await between deciding and adding."""
         watched = self._watch(key, kind)
@@ -112,11 +129,12 @@ class Consumer:
         if watched is not None:
             self.subscriber.unsubscribe(key.topic, watched.handler)
 
-    def detach(self, key: StreamKey, viewer: Viewer, *, kind: str = "") -> None:
+    def detach(self, key: StreamKey, viewer: Viewer, *, kind: str = "",
+               close: bool = True) -> None:
         watched = self._watched.get((key, kind or self._default_kind))
         if watched is None:
             return
-        watched.hub.remove(viewer)
+        watched.hub.remove(viewer, close=close)
         if not watched.hub.viewers:
             watched.idle_since = trio.current_time()
 

@@ -169,10 +169,13 @@ class StreamHub:
         if self.live:
             self._start(viewer)
 
-    def remove(self, viewer: Viewer) -> None:
+    def remove(self, viewer: Viewer, *, close: bool = True) -> None:
+        """`close=False` leaves the viewer's queue open: its connection goes on without
+        this stream (an RTSP PAUSE, or a TEARDOWN whose answer must still go out)."""
         self.viewers.discard(viewer)
         self._waiting.discard(viewer)
-        viewer.queue.close()
+        if close:
+            viewer.queue.close()
 
     def _unstart(self, viewer: Viewer) -> None:
         viewer.started = False

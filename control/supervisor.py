@@ -84,12 +84,19 @@ def sd_notify(state: str) -> None:
 
 
 @dataclass
+class Listener:
+    """One of a worker's listening sockets, and the address of its port's group."""
+
+    listen: Listen
+    sock: socket.socket = field(repr=False)
+
+
+@dataclass
 class Worker:
     role: str
     name: str
-    listen: Listen | None = None  # where its listening socket is bound (the port's group)
-    sock: socket.socket | None = field(default=None, repr=False)
-    group: int = 1  # how many workers share the port
+    listeners: list[Listener] = field(default_factory=list)  # inherited, in this order
+    group: int = 1  # how many workers share each port
     pid: int | None = None
     started: float = 0.0
     restarts: int = 0
@@ -112,12 +119,18 @@ class Supervisor:
         cores = os.cpu_count() or 1
         srv = self.cfg.server
         self.workers.append(Worker("broker", "broker"))
-        for role, listen, count in (("ingest", self.cfg.rtmp.listen, srv.ingest_workers),
-                                    ("egress", self.cfg.http.listen, srv.egress_workers)):
-            group = bind_group(listen, count or cores)
-            bound = Listen(listen.host, group[0].getsockname()[1])
-            self.workers += [Worker(role, f"{role}-{i}", bound, sock, len(group))
-                             for i, sock in enumerate(group)]
+        # Ingest workers serve RTMP and RTSP, egress workers HTTP; one port group each.
+        for role, listens, count in (
+                ("ingest", (self.cfg.rtmp.listen, self.cfg.rtsp.listen), srv.ingest_workers),
+                ("egress", (self.cfg.http.listen,), srv.egress_workers)):
+            groups = [bind_group(listen, count or cores) for listen in listens]
+            bound = [Listen(listen.host, group[0].getsockname()[1])
+                     for listen, group in zip(listens, groups, strict=True)]
+            self.workers += [
+                Worker(role, f"{role}-{i}",
+                       [Listener(b, group[i]) for b, group in zip(bound, groups, strict=True)],
+                       len(groups[0]))
+                for i in range(len(groups[0]))]
         self.workers.append(Worker("dvr", "dvr"))  # recordings and HLS/DASH presentations
 
     async def run_worker(self, worker: Worker) -> None:
@@ -125,7 +138,7 @@ class Supervisor:
         while not self._stopping():
             worker.started = time.time()
             cmd = [sys.executable, "-m", "control.workers", worker.role, "--name", worker.name]
-            fds = [worker.sock.fileno()] if worker.sock is not None else []
+            fds = [listener.sock.fileno() for listener in worker.listeners]
             for fd in fds:
                 cmd += ["--fd", str(fd)]
             proc = await trio.lowlevel.open_process(cmd, stdin=subprocess.PIPE, pass_fds=fds)
@@ -143,13 +156,15 @@ class Supervisor:
             worker.restarts += 1
             # Back off only while it keeps dying at start-up (a bad port, a broken install).
             delay = RESTART_DELAY_S if lived >= 1 else min(delay * 2, MAX_RESTART_DELAY_S)
-            if worker.sock is not None and worker.listen is not None and worker.group > 1:
-                # Out of the port's group until the new process is there: meanwhile the
+            if worker.listeners and worker.group > 1:
+                # Out of the ports' groups until the new process is there: meanwhile the
                 # kernel gives new connections to the other workers. (A lone worker keeps its
-                # socket: connections wait in its backlog for the restart.)
-                worker.sock.close()
+                # sockets: connections wait in their backlogs for the restart.)
+                for listener in worker.listeners:
+                    listener.sock.close()
                 await trio.sleep(delay)
-                worker.sock = bind_tcp(worker.listen, reuse_port=True)
+                for listener in worker.listeners:
+                    listener.sock = bind_tcp(listener.listen, reuse_port=True)
             else:
                 await trio.sleep(delay)
 
@@ -244,9 +259,11 @@ class Supervisor:
                     self.cfg.server.run_dir), self.handle_request)
                 for worker in self.workers:
                     nursery.start_soon(self.run_worker, worker)
-                rtmp, http = self.cfg.rtmp.listen, self.cfg.http.listen
-                logger.info("rtmpmate ready: rtmp %s:%d, http %s:%d (%d workers)",
-                            rtmp.host, rtmp.port, http.host, http.port, len(self.workers))
+                rtmp, rtsp, http = (self.cfg.rtmp.listen, self.cfg.rtsp.listen,
+                                    self.cfg.http.listen)
+                logger.info("rtmpmate ready: rtmp %s:%d, rtsp %s:%d, http %s:%d (%d workers)",
+                            rtmp.host, rtmp.port, rtsp.host, rtsp.port, http.host, http.port,
+                            len(self.workers))
                 sd_notify("READY=1")
                 with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
                     async for signum in signals:
@@ -257,8 +274,8 @@ class Supervisor:
         finally:
             ctx.destroy(linger=0)
             for worker in self.workers:
-                if worker.sock is not None:
-                    worker.sock.close()
+                for listener in worker.listeners:
+                    listener.sock.close()
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> None:
     elif args.role == "ingest":
         from ingest.worker import run_ingest_worker
 
-        run_ingest_worker(cfg, args.name, args.fd[0])
+        run_ingest_worker(cfg, args.name, args.fd[0], args.fd[1])
     elif args.role == "dvr":
         from egress.dvr_worker import run_dvr_worker
 

@@ -1,4 +1,4 @@
-"""The ingest worker process: RTMP publish and play on the inherited listening socket."""
+"""The ingest worker process: RTMP and RTSP publish and play on the inherited listening sockets."""
 
 from __future__ import annotations
 
@@ -27,6 +27,8 @@ from broker.zsock import (
 from ingest.rtmp.chunk import ChunkEncoder
 from ingest.rtmp.server import RtmpConnectionHandler
 from ingest.rtmp.session import media_message_bytes
+from ingest.rtsp.play import Packetizer, Player
+from ingest.rtsp.server import RtspConnectionHandler
 from media.codecs import aac, avc
 from media.codecs.errors import CodecError
 
@@ -41,8 +43,9 @@ logger = logging.getLogger(__name__)
 class StreamStats:
     """What `rtmpmate-ctl status` shows of a published stream."""
 
-    def __init__(self, peer: str, publish_type: str = "live") -> None:
+    def __init__(self, peer: str, publish_type: str = "live", protocol: str = "rtmp") -> None:
         self.peer = peer
+        self.protocol = protocol
         self.publish_type = publish_type  # "live", "record" or "append", as the client asked
         self.started = time.time()
         self.codecs: dict[str, str] = {}
@@ -82,8 +85,8 @@ class StreamStats:
         return self.info()
 
     def info(self) -> dict[str, object]:
-        return {"peer": self.peer, "type": self.publish_type, "started": self.started,
-                "codecs": self.codecs,
+        return {"peer": self.peer, "protocol": self.protocol, "type": self.publish_type,
+                "started": self.started, "codecs": self.codecs,
                 "width": self.width, "height": self.height, "bitrate": self.bitrate,
                 "bytes_in": self.bytes_in, "frames_in": self.frames_in}
 
@@ -105,20 +108,27 @@ class IngestWorker:
             assert isinstance(stream_id, int)
             return media_message_bytes(pkt, stream_id, cfg.rtmp.chunk_size_bytes, encoder)
 
+        def rtsp_mux(pkt: MediaPacket, player: Hashable) -> bytes:
+            assert isinstance(player, Player)
+            return player.mux(pkt)
+
+        self.rtsp_packetizer = Packetizer()
         self.consumer = Consumer(ctx, self.subscriber, {
-            "rtmp": lambda key: StreamHub(key, mux, self.flusher)})
+            "rtmp": lambda key: StreamHub(key, mux, self.flusher),
+            "rtsp": lambda key: StreamHub(key, rtsp_mux, self.flusher)})
         self.stats: dict[StreamKey, StreamStats] = {}
 
     # -- publishing ----------------------------------------------------------------------------
 
-    def begin_publish(self, key: StreamKey, peer: str, publish_type: str = "live") -> bool:
+    def begin_publish(self, key: StreamKey, peer: str, publish_type: str = "live", *,
+                      protocol: str = "rtmp") -> bool:
         """Claim the key: one publisher per stream key across every ingest worker."""
         if key in self.stats:
             return False
         other = self.consumer.directory.get(key, trio.current_time())
         if other is not None and other.owner != self.snapshots.endpoint:
             return False
-        stats = self.stats[key] = StreamStats(peer, publish_type)
+        stats = self.stats[key] = StreamStats(peer, publish_type, protocol)
         self.publisher.start_session(key)
         self._announce(key, stats.info())
         return True
@@ -153,24 +163,30 @@ class IngestWorker:
 
     # -- process -------------------------------------------------------------------------------
 
-    async def serve(self, rtmp_sock: socket.socket) -> None:
+    async def serve(self, rtmp_sock: socket.socket, rtsp_sock: socket.socket) -> None:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self.subscriber.serve)
             await nursery.start(self.snapshots.serve)
             nursery.start_soon(self.consumer.serve)
             nursery.start_soon(self._announce_loop)
-            logger.info("%s serving RTMP on %s", self.name, rtmp_sock.getsockname())
-            await serve_accept(rtmp_sock, self._handle)
+            logger.info("%s serving RTMP on %s, RTSP on %s", self.name,
+                        rtmp_sock.getsockname(), rtsp_sock.getsockname())
+            nursery.start_soon(serve_accept, rtsp_sock, self._handle_rtsp)
+            await serve_accept(rtmp_sock, self._handle_rtmp)
 
-    async def _handle(self, sock: socket.socket) -> None:
+    async def _handle_rtmp(self, sock: socket.socket) -> None:
         await RtmpConnectionHandler(self, sock).run()
 
+    async def _handle_rtsp(self, sock: socket.socket) -> None:
+        await RtspConnectionHandler(self, sock).run()
 
-def run_ingest_worker(cfg: Config, name: str, rtmp_fd: int) -> None:
+
+def run_ingest_worker(cfg: Config, name: str, rtmp_fd: int, rtsp_fd: int) -> None:
     ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-    sock = socket.socket(fileno=rtmp_fd)
-    sock.setblocking(False)
+    socks = [socket.socket(fileno=fd) for fd in (rtmp_fd, rtsp_fd)]
+    for sock in socks:
+        sock.setblocking(False)
     try:
-        trio.run(IngestWorker(cfg, name, ctx).serve, sock)
+        trio.run(IngestWorker(cfg, name, ctx).serve, socks[0], socks[1])
     finally:
         ctx.destroy(linger=0)

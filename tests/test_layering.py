@@ -41,7 +41,7 @@ PURE_MODULES = (
     "ingest/rtmp/chunk.py", "ingest/rtmp/handshake.py", "ingest/rtmp/messages.py",
     "ingest/rtmp/session.py", "ingest/rtmp/errors.py",
     "ingest/rtsp/message.py", "ingest/rtsp/sdp.py", "ingest/rtsp/rtp.py",
-    "ingest/rtsp/h264.py", "ingest/rtsp/aac.py",
+    "ingest/rtsp/h264.py", "ingest/rtsp/aac.py", "ingest/rtsp/h265.py", "ingest/rtsp/dts.py",
     "control/config.py",
 )
 IO_LIBRARIES = frozenset({"trio", "zmq", "socket", "hypercorn", "starlette", "anyio",

@@ -79,6 +79,11 @@ class RtspReader:
     def receive_data(self, data: bytes) -> None:
         self._buf += data
 
+    @property
+    def buffered(self) -> int:
+        """Bytes received and not read yet."""
+        return len(self._buf)
+
     def next_event(self) -> RtspRequest | InterleavedFrame | NeedData:
         if self._error is not None:
             raise self._error

@@ -1,10 +1,12 @@
-"""H.264/AVC configuration: avcC records (ISO/IEC 14496-15 §5.3.3) and SPS (H.264 §7.3.2.1.1).
+"""H.264/AVC configuration: avcC records (ISO/IEC 14496-15 §5.3.3) and SPS (H.264 §7.3.2.1.1,
+with the reorder depth from its VUI, §E.1.1).
 
 Everything here is bounded by the input length; malformed input raises CodecError only.
 """
 
 from __future__ import annotations
 
+import contextlib
 import struct
 from dataclasses import dataclass
 from enum import IntEnum
@@ -22,6 +24,7 @@ __all__ = [
     "codec_string",
     "parse_avcc",
     "parse_sps",
+    "reorder_depth",
     "split_avcc",
 ]
 
@@ -43,6 +46,10 @@ class NalType(IntEnum):
 _HIGH_SPS_PROFILES = frozenset({100, 110, 122, 244, 44, 83, 86, 118, 128, 138, 139, 134, 135})
 # Profiles whose avcC carries the chroma/bit-depth extension (ISO/IEC 14496-15 §5.3.3.1.2).
 _AVCC_EXT_PROFILES = frozenset({100, 110, 122, 144})
+# Profile whose pictures are never reordered: Baseline has no B slices (H.264 §A.2.1).
+_BASELINE = 66
+# max_num_reorder_frames <= max_dec_frame_buffering <= MaxDpbFrames <= 16 (H.264 §E.2.1, A.3.1).
+_MAX_REORDER_FRAMES = 16
 _U16 = struct.Struct(">H")
 _U32 = struct.Struct(">I")
 
@@ -76,6 +83,8 @@ class SpsInfo:
     bit_depth_luma: int = 8
     bit_depth_chroma: int = 8
     frame_mbs_only: bool = True
+    # VUI bitstream_restriction: how many frames decode order may run ahead of output order.
+    max_num_reorder_frames: int | None = None
 
 
 def _read_nals(record: bytes, pos: int, count: int) -> tuple[tuple[bytes, ...], int]:
@@ -231,10 +240,73 @@ def parse_sps(nal: bytes) -> SpsInfo:
         height -= unit_y * (top + bottom)
         if width <= 0 or height <= 0:
             raise CodecError("SPS cropping exceeds the picture size")
+    reorder = None
+    # The fields above stand on their own; a cut or garbled VUI only loses the reorder depth.
+    with contextlib.suppress(CodecError):
+        if r.flag():  # vui_parameters_present_flag
+            reorder = _vui_reorder_frames(r)
     return SpsInfo(
         profile, level, width, height, chroma, constraints,
-        depth_luma, depth_chroma, frame_mbs_only,
+        depth_luma, depth_chroma, frame_mbs_only, reorder,
     )  # fmt: skip
+
+
+def _skip_hrd_parameters(r: BitReader) -> None:
+    """H.264 §E.1.2."""
+    cpb_count = r.ue() + 1
+    if cpb_count > 32:
+        raise CodecError("cpb_cnt_minus1 out of range")
+    r.skip(8)  # bit_rate_scale, cpb_size_scale
+    for _ in range(cpb_count):
+        r.ue()  # bit_rate_value_minus1
+        r.ue()  # cpb_size_value_minus1
+        r.skip(1)  # cbr_flag
+    r.skip(20)  # four delay/offset lengths of 5 bits each
+
+
+def _vui_reorder_frames(r: BitReader) -> int | None:
+    """max_num_reorder_frames from vui_parameters() (H.264 §E.1.1); None without
+    bitstream_restriction."""
+    if r.flag() and r.u(8) == 255:  # aspect_ratio_info_present_flag, aspect_ratio_idc
+        r.skip(32)  # Extended_SAR: sar_width, sar_height
+    if r.flag():  # overscan_info_present_flag
+        r.skip(1)  # overscan_appropriate_flag
+    if r.flag():  # video_signal_type_present_flag
+        r.skip(4)  # video_format, video_full_range_flag
+        if r.flag():  # colour_description_present_flag
+            r.skip(24)  # colour_primaries, transfer_characteristics, matrix_coefficients
+    if r.flag():  # chroma_loc_info_present_flag
+        r.ue()
+        r.ue()
+    if r.flag():  # timing_info_present_flag
+        r.skip(65)  # num_units_in_tick, time_scale, fixed_frame_rate_flag
+    nal_hrd = r.flag()
+    if nal_hrd:
+        _skip_hrd_parameters(r)
+    vcl_hrd = r.flag()
+    if vcl_hrd:
+        _skip_hrd_parameters(r)
+    if nal_hrd or vcl_hrd:
+        r.skip(1)  # low_delay_hrd_flag
+    r.skip(1)  # pic_struct_present_flag
+    if not r.flag():  # bitstream_restriction_flag
+        return None
+    r.skip(1)  # motion_vectors_over_pic_boundaries_flag
+    for _ in range(4):
+        r.ue()  # max_bytes_per_pic_denom, max_bits_per_mb_denom, log2_max_mv_length_{h,v}
+    reorder = r.ue()
+    r.ue()  # max_dec_frame_buffering: must be >= reorder, but a larger reorder is the safer hint
+    if reorder > _MAX_REORDER_FRAMES:
+        raise CodecError(f"max_num_reorder_frames {reorder} out of range")
+    return reorder
+
+
+def reorder_depth(sps: SpsInfo) -> int | None:
+    """How many frames decode order may run ahead of output order; None when the SPS does
+    not say (the DTS rebuilder then learns it from the stream)."""
+    if sps.max_num_reorder_frames is not None:
+        return sps.max_num_reorder_frames
+    return 0 if sps.profile_idc == _BASELINE else None
 
 
 def split_avcc(data: bytes, nal_length_size: int = 4) -> list[bytes]:

@@ -62,6 +62,7 @@ class Server:
     config_path: Path
     log_path: Path
     proc: subprocess.Popen[bytes] | None = None
+    rtsp_port: int = 0
     run_dir: Path = field(init=False)
 
     def __post_init__(self) -> None:
@@ -69,6 +70,9 @@ class Server:
 
     def rtmp(self, name: str = "sample", app: str = "live") -> str:
         return f"rtmp://127.0.0.1:{self.rtmp_port}/{app}/{name}"
+
+    def rtsp(self, name: str = "sample", app: str = "live") -> str:
+        return f"rtsp://127.0.0.1:{self.rtsp_port}/{app}/{name}"
 
     def http(self, path: str) -> str:
         return f"http://127.0.0.1:{self.http_port}{path}"
@@ -121,7 +125,8 @@ def start_server(*, ingest: int = 1, egress: int = 2, tweak: Any = None,
     rtmp_port, http_port = free_port(), free_port()
     doc["rtmp"]["listen"] = f"127.0.0.1:{rtmp_port}"  # type: ignore[index]
     doc["http"]["listen"] = f"127.0.0.1:{http_port}"  # type: ignore[index]
-    doc["rtsp"]["listen"] = f"127.0.0.1:{free_port()}"  # type: ignore[index]
+    rtsp_port = free_port()
+    doc["rtsp"]["listen"] = f"127.0.0.1:{rtsp_port}"  # type: ignore[index]
     (workdir / "www").mkdir()
     doc["http"]["root"] = str(workdir / "www")  # type: ignore[index]
     for loc in doc["rtmp"]["location"]:  # type: ignore[index]
@@ -132,7 +137,7 @@ def start_server(*, ingest: int = 1, egress: int = 2, tweak: Any = None,
     config_path = workdir / "rtmpmate.toml"
     config_path.write_bytes(tomli_w.dumps(doc).encode())
     log_path = workdir / "server.log"
-    server = Server(workdir, rtmp_port, http_port, config_path, log_path)
+    server = Server(workdir, rtmp_port, http_port, config_path, log_path, rtsp_port=rtsp_port)
     with open(log_path, "wb") as log:
         server.proc = subprocess.Popen(
             [sys.executable, "-m", "control.supervisor", "--config", str(config_path)],

@@ -7,6 +7,7 @@ media.flv; the frame sizes are the ones requested on the ffmpeg command line.
 from __future__ import annotations
 
 import contextlib
+from dataclasses import replace
 
 import pytest
 from hypothesis import given
@@ -328,3 +329,114 @@ def test_parse_sps_fuzz_with_valid_header(tail: bytes) -> None:
 def test_avcc_split_round_trip(nals: list[bytes]) -> None:
     sample = b"".join(len(n).to_bytes(4, "big") + n for n in nals)
     assert avc.split_avcc(sample) == nals
+
+
+# ------------------------------------------------------------- VUI: max_num_reorder_frames
+
+# 320x240 yuv420p, made with imageio-ffmpeg's ffmpeg 9 / libx264 and cut out of the Annex B
+# output: `ffmpeg -f lavfi -i testsrc=size=320x240:rate=25 -frames:v 10 -pix_fmt yuv420p
+# -c:v libx264 [options] -f h264 out.h264`. The options are noted per vector.
+SPS_X264_BFRAMES = bytes.fromhex(  # no options: 3 B-frames with b-pyramid
+    "6764000dacd94141fb011000000300100000030320f1429960"
+)
+SPS_X264_NO_B = bytes.fromhex("6764000dacb20283f60220000003002000000641e28549")  # -bf 0
+SPS_X264_BASELINE = bytes.fromhex(  # -profile:v baseline
+    "6742c00dd90141fb011000000300100000030320f142a480"
+)
+SPS_X264_HRD = bytes.fromhex(  # -b:v 500k -maxrate 500k -bufsize 1M -x264-params nal-hrd=vbr
+    "6764000dacd94141fb01100000030010000003032604001e840007a129b0c01e28532c"
+)
+
+
+@pytest.mark.parametrize(
+    ("sps", "profile", "reorder"),
+    [
+        (SPS_X264_BFRAMES, 100, 2),
+        (SPS_X264_NO_B, 100, 0),
+        (SPS_X264_BASELINE, 66, 0),
+        (SPS_X264_HRD, 100, 2),  # the NAL HRD parameters sit before bitstream_restriction
+        (SPS_720P, 100, 2),
+        (SPS_INTERLACED, 100, 2),
+        (SPS_444_ODD, 244, 2),
+    ],
+)
+def test_parse_sps_reorder_frames_real(sps: bytes, profile: int, reorder: int) -> None:
+    info = avc.parse_sps(sps)
+    assert (info.profile_idc, info.max_num_reorder_frames) == (profile, reorder)
+    assert avc.reorder_depth(info) == reorder
+
+
+# A High 1280x720 SPS up to and including vui_parameters_present_flag = 1.
+SPS_HEAD = (BitWriter().u(8, 100).u(8, 0).u(8, 31).ue(0).ue(1).ue(0).ue(0).u(1, 0).u(1, 0)
+            .ue(0).ue(2).ue(3).u(1, 0).ue(79).ue(44).u(1, 1).u(1, 1).u(1, 0).u(1, 1))
+
+
+def hrd(w: BitWriter, cpbs: int) -> None:
+    w.ue(cpbs - 1).u(4, 3).u(4, 5)  # cpb_cnt_minus1, bit_rate_scale, cpb_size_scale
+    for i in range(cpbs):
+        w.ue(1000 * i + 999).ue(3000 * i + 2999).u(1, i & 1)
+    w.u(5, 23).u(5, 23).u(5, 23).u(5, 24)
+
+
+def vui(*, full: bool, hrds: tuple[int, int] = (0, 0), reorder: int | None = 3) -> BitWriter:
+    """VUI bits; `full` sets every optional part; hrds = CPB counts of NAL/VCL HRD (0: none)."""
+    w = BitWriter()
+    if full:
+        w.u(1, 1).u(8, 255).u(16, 4).u(16, 3)  # Extended_SAR 4:3
+        w.u(1, 1).u(1, 1)  # overscan
+        w.u(1, 1).u(3, 5).u(1, 0).u(1, 1).u(8, 1).u(8, 1).u(8, 1)  # BT.709 colour
+        w.u(1, 1).ue(1).ue(1)  # chroma sample location
+        w.u(1, 1).u(32, 1).u(32, 50).u(1, 1)  # timing: 25 fps, fixed
+    else:
+        w.u(1, 0).u(1, 0).u(1, 0).u(1, 0).u(1, 0)
+    for cpbs in hrds:
+        w.u(1, cpbs > 0)
+        if cpbs:
+            hrd(w, cpbs)
+    if any(hrds):
+        w.u(1, 0)  # low_delay_hrd_flag
+    w.u(1, full)  # pic_struct_present_flag
+    if reorder is None:
+        return w.u(1, 0)
+    return w.u(1, 1).u(1, 1).ue(2).ue(1).ue(16).ue(15).ue(reorder).ue(reorder + 1)
+
+
+def with_vui(v: BitWriter) -> bytes:
+    w = BitWriter()
+    w.bits = SPS_HEAD.bits + v.bits
+    return b"\x67" + escape(w.rbsp())
+
+
+@pytest.mark.parametrize(
+    ("v", "expected"),
+    [
+        (vui(full=False), 3),
+        (vui(full=True), 3),
+        (vui(full=True, hrds=(1, 0)), 3),
+        (vui(full=True, hrds=(0, 2)), 3),
+        (vui(full=True, hrds=(3, 32), reorder=16), 16),
+        (vui(full=False, hrds=(1, 1), reorder=0), 0),
+        (vui(full=True, hrds=(2, 2), reorder=None), None),
+        (vui(full=True, reorder=17), None),  # above the DPB's 16 frames: garbage
+    ],
+)
+def test_parse_sps_reorder_frames_every_vui_part(v: BitWriter, expected: int | None) -> None:
+    info = avc.parse_sps(with_vui(v))
+    assert (info.width, info.height, info.max_num_reorder_frames) == (1280, 720, expected)
+
+
+def test_reorder_depth_without_vui() -> None:
+    assert avc.parse_sps(high_sps(poc_type=0, crop=None)).max_num_reorder_frames is None
+    assert avc.reorder_depth(avc.SpsInfo(100, 31, 1280, 720, 1)) is None  # unknown: learn it
+    assert avc.reorder_depth(avc.SpsInfo(66, 30, 176, 144, 1)) == 0  # Baseline has no B slices
+    assert avc.reorder_depth(avc.SpsInfo(66, 30, 176, 144, 1, max_num_reorder_frames=1)) == 1
+
+
+def test_parse_sps_cut_in_the_vui_keeps_the_other_fields() -> None:
+    nal = with_vui(vui(full=True, hrds=(2, 1)))
+    full = avc.parse_sps(nal)
+    assert full.max_num_reorder_frames == 3
+    head_bytes = 1 + -(-len("".join(SPS_HEAD.bits)) // 8)  # no escapes before the VUI
+    for cut in range(head_bytes, len(nal) - 1):
+        info = avc.parse_sps(nal[:cut])
+        assert info == replace(full, max_num_reorder_frames=None), cut
