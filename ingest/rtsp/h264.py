@@ -67,6 +67,7 @@ class H264Depacketizer:
         self._timestamp: int | None = None
         self._fu: bytearray | None = None  # the NAL unit being reassembled
         self._fu_next: int | None = None  # the sequence number that must come next
+        self._ready: list[AccessUnit] = []  # finished, not returned yet
         if sprop:
             for nal in sprop_parameter_sets(sprop):
                 self._parameter_set(nal)
@@ -78,10 +79,10 @@ class H264Depacketizer:
         return avc.build_avcc([self.sps], [self.pps])
 
     def add(self, pkt: RtpPacket) -> list[AccessUnit]:
-        """Raises RtpError for payloads that are not H.264 of mode 0 or 1."""
-        out: list[AccessUnit] = []
+        """Raises RtpError for payloads that are not H.264 of mode 0 or 1; a unit that the
+        refused packet ended comes out of the next call."""
         if self._timestamp is not None and pkt.timestamp != self._timestamp and self._nals:
-            out += self._finish()
+            self._ready += self._finish()
         self._timestamp = pkt.timestamp
         payload = pkt.payload
         if not payload:
@@ -103,7 +104,8 @@ class H264Depacketizer:
         else:
             raise RtpError(f"H.264 payload type {kind} (interleaved mode) is not supported")
         if pkt.marker and self._nals:
-            out += self._finish()
+            self._ready += self._finish()
+        out, self._ready = self._ready, []
         return out
 
     def _fragment(self, pkt: RtpPacket) -> None:
@@ -119,6 +121,7 @@ class H264Depacketizer:
             return
         self._fu += payload[2:]
         if len(self._fu) > MAX_NAL_BYTES:
+            self._fu = None
             raise RtpError("H.264 NAL unit too large")
         self._fu_next = (pkt.sequence + 1) & 0xFFFF
         if end:

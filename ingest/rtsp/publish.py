@@ -191,6 +191,7 @@ class InTrack:
         self.sent_config: bytes | None = None
         self.dts: DtsRebuilder | None = None
         self.waiting_keyframe = kind is TrackKind.VIDEO
+        self.notes: list[str] = []  # what the connection should log, taken by the session
 
     def packets(self, frames: list[Frame]) -> list[MediaPacket]:
         """MediaPackets for frames whose track is placed on the timeline (offset known)."""
@@ -209,7 +210,11 @@ class InTrack:
             pts = self.clock.unwrap(frame.timestamp) + self.offset
             dts = pts
             if self.dts is not None:
+                grew = self.dts.grew
                 dts, pts = self.dts.dts(pts)
+                if self.dts.grew != grew:
+                    self.notes.append(f"B-frames reorder deeper than the SPS says: decode "
+                                      f"times now rebuilt with a depth of {self.dts.reorder}")
             if config != self.sent_config:  # the first, or new parameter sets in the stream
                 self.sent_config = config
                 out.append(self._packet(dts, dts, True, True, config))

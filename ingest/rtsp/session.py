@@ -413,7 +413,11 @@ class RtspServerConnection:
                 return [Warning(f"dropped an RTP packet: {exc}")] if self._bad_packets == 1 \
                     else []
             self._bad_packets = 0
-            return [MediaReceived(p) for p in packets]
+            events: list[SessionEvent] = [MediaReceived(p) for p in packets]
+            for track in pub.tracks:
+                events += [Warning(note) for note in track.notes]
+                track.notes.clear()
+            return events
         if self.state is State.ANNOUNCED and pub is not None and pub.knows_channel(
                 frame.channel):
             return []  # RTCP (or early RTP) before RECORD's answer reached the client

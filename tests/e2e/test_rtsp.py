@@ -266,3 +266,25 @@ def test_gstreamer_rtspsrc_plays_an_rtmp_publish(server: Server, av_media: Path,
         assert kinds == {"video": "h264", "audio": "aac"}
         video = [p for p in container.demux(container.streams.video[0]) if p.size]
     assert len(video) >= 0.95 * (WATCH_S - 1.5) * FPS, f"{len(video)} frames"
+
+
+def test_opus_audio_goes_through(server: Server, tmp_path: Path) -> None:
+    """H.264 with Opus published over RTSP plays over RTSP (RFC 7587 both ways)."""
+    media = tmp_path / "opus.mkv"
+    subprocess.run([
+        FFMPEG, "-hide_banner", "-loglevel", "error", "-y",
+        "-f", "lavfi", "-i", f"testsrc2=size=320x240:rate={FPS}",
+        "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000", "-t", "6",
+        "-c:v", "libx264", "-bf", "0", "-g", str(2 * FPS), "-pix_fmt", "yuv420p",
+        "-c:a", "libopus", "-ac", "2", str(media)], check=True, timeout=120)
+    publisher = rtsp_publish(server, media)
+    seconds = 3
+    try:
+        wait_until(lambda: server.stream_status("live/_definst_/cam"), 10, "the RTSP stream")
+        played = decoded(rtsp_play(server.rtsp("cam"), seconds), 30)
+    finally:
+        kill(publisher)
+    assert "Audio: opus" in played.codecs, played.codecs
+    assert len(played.video) >= 0.95 * seconds * FPS
+    assert len(played.audio) >= 0.95 * seconds * 50  # 20 ms frames
+    assert abs(played.audio[0] - played.video[0]) <= 0.1
