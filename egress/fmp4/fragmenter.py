@@ -46,7 +46,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
 from broker.packet import Codec, MediaPacket, TrackKind, rescale
-from media.codecs import aac, avc
+from media.codecs import aac, avc, hevc
 from media.codecs.errors import CodecError
 from media.mp4 import boxes
 from media.mp4.boxes import Mp4WriteError
@@ -155,6 +155,16 @@ def _setup_h264(config: bytes) -> _Setup:
     return _Setup(info, boxes.avc1(config, sps.width, sps.height))
 
 
+def _setup_hevc(config: bytes) -> _Setup:
+    cfg = hevc.parse_hvcc(config)
+    if not cfg.sps:
+        raise Mp4WriteError("hvcC carries no SPS")
+    sps = hevc.parse_sps(cfg.sps[0])
+    info = TrackInfo(0, TrackKind.VIDEO, Codec.HEVC, VIDEO_TIMESCALE, hevc.codec_string(cfg),
+                     width=sps.width, height=sps.height)
+    return _Setup(info, boxes.hvc1(config, sps.width, sps.height))
+
+
 def _setup_aac(config: bytes) -> _Setup:
     cfg = aac.parse_asc(config)
     frame = cfg.frame_length
@@ -194,6 +204,7 @@ def _setup_opus(config: bytes) -> _Setup:
 # One function per codec: config record -> track description and sample entry.
 _SETUPS: dict[Codec, Callable[[bytes], _Setup]] = {
     Codec.H264: _setup_h264,
+    Codec.HEVC: _setup_hevc,
     Codec.AAC: _setup_aac,
     Codec.OPUS: _setup_opus,
 }

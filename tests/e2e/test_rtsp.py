@@ -151,32 +151,41 @@ def hevc_media(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def test_ffmpeg_publishes_h265_and_it_plays_over_rtsp_and_flv(
+def test_ffmpeg_publishes_h265_and_every_output_plays_it(
         server: Server, hevc_media: Path, tmp_path: Path) -> None:
     publisher = rtsp_publish(server, hevc_media)
     seconds = 3
     try:
         wait_until(lambda: server.stream_status("live/_definst_/cam"), 10, "the RTSP stream")
         rtsp = rtsp_play(server.rtsp("cam"), seconds)
-        flv = ffmpeg_record(server.http("/live/cam.flv"), tmp_path / "http.flv",
-                            seconds=seconds)
-        played = decoded(rtsp, 30)
-        finish(flv, 30)
+        recorders = [ffmpeg_record(server.http("/live/cam.flv"), tmp_path / "http.flv",
+                                   seconds=seconds),
+                     ffmpeg_record(server.rtmp("cam"), tmp_path / "rtmp.flv", seconds=seconds)]
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            hls = pool.submit(read_hls, playlist_url(server, stream="cam"), seconds - 1)
+            played = decoded(rtsp, 30)
+            for proc in recorders:
+                finish(proc, 30)
+            got = hls.result(timeout=60)
         finish(publisher, 30)
     finally:
         if publisher.poll() is None:
             kill(publisher)
     assert "Video: hevc (Main)" in played.codecs, played.codecs
     played.check(seconds, "rtsp")
-    with av.open(str(tmp_path / "http.flv")) as container:
-        video = container.streams.video[0]
-        assert video.codec_context.name == "hevc"
-        assert video.codec_context.width == 320
-        times = [(p.dts, p.pts) for p in container.demux(video)
-                 if p.size and p.dts is not None and p.pts is not None]
-    assert len(times) >= 0.95 * seconds * FPS, f"http-flv: {len(times)} frames"
-    assert all(a[0] < b[0] for a, b in itertools.pairwise(times))
-    assert all(pts >= dts for dts, pts in times)
+    for name in ("http", "rtmp"):
+        with av.open(str(tmp_path / f"{name}.flv")) as container:
+            video = container.streams.video[0]
+            assert video.codec_context.name == "hevc", name
+            assert video.codec_context.width == 320
+            times = [(p.dts, p.pts) for p in container.demux(video)
+                     if p.size and p.dts is not None and p.pts is not None]
+        assert len(times) >= 0.95 * seconds * FPS, f"{name}: {len(times)} frames"
+        assert all(a[0] < b[0] for a, b in itertools.pairwise(times)), name
+        assert all(pts >= dts for dts, pts in times), name
+    assert got["codecs"] == {"video": "hevc", "audio": "aac"}
+    assert len(got["video"]) >= 0.95 * (seconds - 1) * FPS
+    assert all(a[0] < b[0] for a, b in itertools.pairwise(got["video"]))
 
 
 def test_rtmp_publish_plays_over_rtsp(server: Server, av_media: Path) -> None:

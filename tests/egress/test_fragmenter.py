@@ -22,9 +22,10 @@ from egress.fmp4.fragmenter import (
     Mp4WriteError,
     opus_packet_samples,
 )
-from media.codecs import avc
+from media.codecs import avc, hevc
 from media.mp4 import boxes
 from tests.egress.media import SECONDS, ffmpeg_exe
+from tests.media.test_hevc import FFMPEG_HVCC_MAIN
 from tests.mp4_parse import find_all, handler, parse_boxes, parse_fragment, timescale, track_id
 
 if TYPE_CHECKING:
@@ -158,6 +159,18 @@ def test_init_waits_for_every_declared_config() -> None:
     assert parsed.timescales == {1: 90000, 2: 44100}
     tkhd = parse_boxes(init.data)[1].find("trak/tkhd")
     assert struct.unpack_from(">II", tkhd.payload, 76) == (1280 << 16, 720 << 16)
+
+
+def test_hevc_init_has_an_hvc1_sample_entry() -> None:
+    fr = Fmp4Fragmenter(video=True, audio=False)
+    (init,) = fr.add(config(TrackKind.VIDEO, FFMPEG_HVCC_MAIN, Codec.HEVC))
+    assert isinstance(init, InitSegment)
+    (v,) = init.tracks
+    assert (v.codec, v.width, v.height, v.codec_string) == (
+        Codec.HEVC, 320, 240, hevc.codec_string(hevc.parse_hvcc(FFMPEG_HVCC_MAIN)))
+    assert v.codec_string.startswith("hvc1.1.6.L")
+    stsd = parse_boxes(init.data)[1].find("trak/mdia/minf/stbl/stsd")
+    assert b"hvc1" in stsd.payload and b"hvcC" in stsd.payload
 
 
 @pytest.mark.parametrize(("video_on", "audio_on"), [(True, False), (False, True)])
