@@ -170,7 +170,8 @@ def test_hevc_init_has_an_hvc1_sample_entry() -> None:
         Codec.HEVC, 320, 240, hevc.codec_string(hevc.parse_hvcc(FFMPEG_HVCC_MAIN)))
     assert v.codec_string.startswith("hvc1.1.6.L")
     stsd = parse_boxes(init.data)[1].find("trak/mdia/minf/stbl/stsd")
-    assert b"hvc1" in stsd.payload and b"hvcC" in stsd.payload
+    assert b"hvc1" in stsd.payload
+    assert b"hvcC" in stsd.payload
 
 
 @pytest.mark.parametrize(("video_on", "audio_on"), [(True, False), (False, True)])
