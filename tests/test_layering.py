@@ -43,6 +43,7 @@ PURE_MODULES = (
     "ingest/rtsp/message.py", "ingest/rtsp/sdp.py", "ingest/rtsp/rtp.py",
     "ingest/rtsp/h264.py", "ingest/rtsp/aac.py", "ingest/rtsp/h265.py", "ingest/rtsp/dts.py",
     "ingest/rtsp/publish.py", "ingest/rtsp/play.py", "ingest/rtsp/session.py",
+    "ingest/rtsp/latm.py",
     "control/config.py",
 )
 IO_LIBRARIES = frozenset({"trio", "zmq", "socket", "hypercorn", "starlette", "anyio",

@@ -17,6 +17,7 @@ from broker.packet import Codec, MediaPacket, StreamKey, TrackKind
 from ingest.rtsp import aac as rtp_aac
 from ingest.rtsp import h264 as rtp_h264
 from ingest.rtsp import h265 as rtp_h265
+from ingest.rtsp import latm
 from ingest.rtsp.dts import DtsRebuilder
 from ingest.rtsp.rtp import RtpError, RtpPacket, parse_rtcp, parse_rtp
 from media.codecs import aac, avc, hevc
@@ -127,6 +128,25 @@ class _Aac:
         return None
 
 
+class _Latm:
+    def __init__(self, media: Media) -> None:
+        try:
+            self.asc = latm.stream_mux_config_asc(media.fmtp)
+        except RtpError as exc:
+            raise MediaError(str(exc)) from None
+        cfg = aac.parse_asc(self.asc)
+        self.d = latm.LatmDepacketizer(cfg.frame_length * media.clock_rate // cfg.sample_rate)
+
+    def add(self, pkt: RtpPacket) -> list[Frame]:
+        return [Frame(f.timestamp, f.data) for f in self.d.add(pkt)]
+
+    def config(self) -> bytes | None:
+        return self.asc
+
+    def reorder(self) -> int | None:
+        return None
+
+
 class _Opus:
     """RFC 7587: one Opus packet per RTP packet, 48 kHz clock whatever the input rate."""
 
@@ -148,6 +168,7 @@ _CODECS: Final[dict[str, tuple[TrackKind, Codec, Callable[[Media], _Depacketizer
     "H264": (TrackKind.VIDEO, Codec.H264, _H264),
     "H265": (TrackKind.VIDEO, Codec.HEVC, _H265),
     "MPEG4-GENERIC": (TrackKind.AUDIO, Codec.AAC, _Aac),
+    "MP4A-LATM": (TrackKind.AUDIO, Codec.AAC, _Latm),
     "OPUS": (TrackKind.AUDIO, Codec.OPUS, _Opus),
 }
 

@@ -18,11 +18,13 @@ import pytest
 from tests.e2e.harness import (
     FFMPEG,
     FlvReport,
+    cleanup,
     ffmpeg_record,
     finish,
     kill,
     media_report,
     publish,
+    start_server,
     wait_until,
 )
 from tests.e2e.test_hls import playlist_url, read_hls
@@ -36,10 +38,10 @@ FPS = 30
 WATCH_S = 5  # how long each player watches
 
 
-def rtsp_publish(server: Server, media: Path, name: str = "cam", *,
-                 transport: str = "tcp") -> subprocess.Popen[bytes]:
+def rtsp_publish(server: Server, media: Path, name: str = "cam", *, transport: str = "tcp",
+                 extra: tuple[str, ...] = ()) -> subprocess.Popen[bytes]:
     cmd = [FFMPEG, "-hide_banner", "-loglevel", "error", "-re", "-i", str(media), "-c", "copy",
-           "-f", "rtsp", "-rtsp_transport", transport, server.rtsp(name)]
+           *extra, "-f", "rtsp", "-rtsp_transport", transport, server.rtsp(name)]
     return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
@@ -297,3 +299,33 @@ def test_opus_audio_goes_through(server: Server, tmp_path: Path) -> None:
     assert len(played.video) >= 0.95 * seconds * FPS
     assert len(played.audio) >= 0.95 * seconds * 50  # 20 ms frames
     assert abs(played.audio[0] - played.video[0]) <= 0.1
+
+
+def test_latm_aac_is_taken(server: Server, short_av_media: Path) -> None:
+    """AAC sent as MP4A-LATM (ffmpeg's -rtpflags latm; some cameras) plays on as AAC."""
+    publisher = rtsp_publish(server, short_av_media, extra=("-rtpflags", "latm"))
+    seconds = 2
+    try:
+        wait_until(lambda: server.stream_status("live/_definst_/cam"), 10, "the RTSP stream")
+        played = decoded(rtsp_play(server.rtsp("cam"), seconds), 30)
+    finally:
+        kill(publisher)
+    assert "Audio: aac (LC), 44100 Hz, stereo" in played.codecs, played.codecs
+    played.check(seconds, "rtsp")
+
+
+def test_a_silent_session_is_closed_after_the_timeout() -> None:
+    server = start_server(egress=1, tweak=lambda doc: doc["rtsp"].update(timeout=1))
+    try:
+        with socket.create_connection(("127.0.0.1", server.rtsp_port), timeout=10) as sock:
+            sock.sendall(b"OPTIONS rtsp://x/live/a RTSP/1.0\r\nCSeq: 1\r\n\r\n")
+            started = time.monotonic()
+            data = b""
+            while chunk := sock.recv(4096):
+                data += chunk
+            waited = time.monotonic() - started
+        assert data.startswith(b"RTSP/1.0 200 OK")
+        assert 0.8 <= waited <= 5, waited
+        assert "timed out" in server.log()
+    finally:
+        cleanup(server)
