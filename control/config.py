@@ -21,6 +21,8 @@ from urllib.parse import urlsplit
 
 import tomli_w
 
+from control.access import parse_networks
+
 if TYPE_CHECKING:
     import os
 
@@ -36,7 +38,11 @@ HttpHandler = Literal["http_file", "rtmp_control", "chat"]
 # The literals' values, for validation; get_args keeps one spelling of each list.
 LOG_LEVELS: Final[tuple[LogLevel, ...]] = get_args(LogLevel)
 UPSTREAM_FLAGS: Final[tuple[UpstreamFlag, ...]] = get_args(UpstreamFlag)
+HookFailure = Literal["refuse", "allow"]
+HookFormat = Literal["json", "form"]
 DVR_NAMES: Final[tuple[DvrName, ...]] = get_args(DvrName)
+HOOK_FAILURES: Final[tuple[HookFailure, ...]] = get_args(HookFailure)
+HOOK_FORMATS: Final[tuple[HookFormat, ...]] = get_args(HookFormat)
 DVR_MODES: Final[tuple[DvrMode, ...]] = get_args(DvrMode)
 HTTP_HANDLERS: Final[tuple[HttpHandler, ...]] = get_args(HttpHandler)
 
@@ -120,6 +126,15 @@ class RtmpLocationConfig:
     on_play_done: tuple[str, ...] = ()
     on_record: tuple[str, ...] = ()
     on_record_done: tuple[str, ...] = ()
+    hook_timeout_s: float = 5.0
+    hook_failure: HookFailure = "refuse"  # what a hook that fails or times out decides
+    hook_format: HookFormat = "json"
+    secret: str = ""  # HMAC key of signed URLs (control.access)
+    signed: tuple[str, ...] = ()  # "publish" and/or "play": these need a signed URL
+    allow_publish: tuple[str, ...] = ()  # CIDR blocks
+    deny_publish: tuple[str, ...] = ()
+    allow_play: tuple[str, ...] = ()
+    deny_play: tuple[str, ...] = ()
     dvr: tuple[DvrConfig, ...] = ()
 
 
@@ -321,6 +336,21 @@ class _Table:
                 return choice
         raise self.error(key, f"expected {expected}, got {_show(value)}")
 
+    def strings(self, key: str, check: Callable[[str], str | None] | None = None,
+                ) -> tuple[str, ...]:
+        """An array of strings (absent: empty); `check` says what is wrong with one, if any."""
+        raw = self._raw(key)
+        if raw is _ABSENT:
+            return ()
+        if not isinstance(raw, list | tuple):
+            raise self.error(key, f"expected an array of strings, got {_show(raw)}")
+        for i, item in enumerate(raw):
+            problem = f"expected a string, got {_show(item)}" if not isinstance(item, str) else (
+                check(item) if check is not None else None)
+            if problem:
+                raise _Invalid(f"{self.sub(key)}[{i}]", problem)
+        return tuple(raw)
+
     def hooks(self, key: str) -> tuple[str, ...]:
         """Event-hook URLs: one string or an array of strings."""
         raw = self._raw(key)
@@ -466,8 +496,20 @@ def _rtmp_location(t: _Table) -> RtmpLocationConfig:
         on_play_done=t.hooks("on_play_done"),
         on_record=t.hooks("on_record"),
         on_record_done=t.hooks("on_record_done"),
+        hook_timeout_s=t.seconds("hook_timeout", 5.0),
+        hook_failure=t.choice("hook_failure", HOOK_FAILURES, "refuse"),
+        hook_format=t.choice("hook_format", HOOK_FORMATS, "json"),
+        secret=t.string("secret", ""),
+        signed=t.strings("signed", lambda v: None if v in ("publish", "play") else
+                         f"expected \"publish\" or \"play\", got {_show(v)}"),
+        allow_publish=t.strings("allow_publish", _cidr_problem),
+        deny_publish=t.strings("deny_publish", _cidr_problem),
+        allow_play=t.strings("allow_play", _cidr_problem),
+        deny_play=t.strings("deny_play", _cidr_problem),
         dvr=t.tables("dvr", _dvr, ()),
     )
+    if loc.signed and not loc.secret:
+        raise t.error("secret", "signed URLs need a secret")
     first: dict[str, int] = {}
     for i, dvr in enumerate(loc.dvr):  # rtmp_control addresses a recorder by its id
         if (j := first.setdefault(dvr.id, i)) != i:
@@ -648,6 +690,14 @@ def locate_line(text: str, key_path: str) -> int | None:
 
 
 # --- defaults and helpers -----------------------------------------------------------------------
+
+
+def _cidr_problem(text: str) -> str | None:
+    try:
+        parse_networks((text,))
+    except ValueError:
+        return f"expected a network such as 10.0.0.0/8 or ::1, got {_show(text)}"
+    return None
 
 
 def _dvr_doc(id: str, name: DvrName, directory: str, file: str) -> dict[str, object]:

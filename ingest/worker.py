@@ -24,6 +24,8 @@ from broker.zsock import (
     bus_endpoints,
     snapshot_endpoint,
 )
+from control.admission import Admission
+from control.hooks import Hooks
 from ingest.rtmp.chunk import ChunkEncoder
 from ingest.rtmp.server import RtmpConnectionHandler
 from ingest.rtmp.session import media_message_bytes
@@ -117,6 +119,8 @@ class IngestWorker:
             "rtmp": lambda key: StreamHub(key, mux, self.flusher),
             "rtsp": lambda key: StreamHub(key, rtsp_mux, self.flusher)})
         self.stats: dict[StreamKey, StreamStats] = {}
+        self.hooks = Hooks()
+        self.admission = Admission(cfg, self.hooks)
 
     # -- publishing ----------------------------------------------------------------------------
 
@@ -165,6 +169,7 @@ class IngestWorker:
 
     async def serve(self, rtmp_sock: socket.socket, rtsp_sock: socket.socket) -> None:
         async with trio.open_nursery() as nursery:
+            self.hooks.nursery = nursery
             nursery.start_soon(self.subscriber.serve)
             await nursery.start(self.snapshots.serve)
             nursery.start_soon(self.consumer.serve)

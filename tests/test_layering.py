@@ -26,12 +26,12 @@ ALLOWED_PACKAGES: dict[str, frozenset[str]] = {
     "chat": frozenset({"media"}),
     "control": frozenset(PACKAGES),
 }
-# The workers read their part of the configuration, and fire the operator's event hooks
-# (control.hooks imports none of our packages).
-ALLOWED_MODULES: dict[str, frozenset[str]] = {
-    "ingest": frozenset({"control.config", "control.hooks"}),
-    "egress": frozenset({"control.config", "control.hooks"}),
-}
+# The workers read their part of the configuration, fire the operator's event hooks and ask
+# who may connect, publish and play (control.access, .hooks and .admission import nothing of
+# ours beyond broker.packet and control.config).
+WORKER_CONTROL = frozenset({"control.config", "control.hooks", "control.access",
+                            "control.admission"})
+ALLOWED_MODULES: dict[str, frozenset[str]] = {"ingest": WORKER_CONTROL, "egress": WORKER_CONTROL}
 
 PURE_MODULES = (
     "broker/packet.py", "broker/wire.py", "broker/gop.py", "broker/feed.py",
@@ -44,7 +44,7 @@ PURE_MODULES = (
     "ingest/rtsp/h264.py", "ingest/rtsp/aac.py", "ingest/rtsp/h265.py", "ingest/rtsp/dts.py",
     "ingest/rtsp/publish.py", "ingest/rtsp/play.py", "ingest/rtsp/session.py",
     "ingest/rtsp/latm.py",
-    "control/config.py",
+    "control/config.py", "control/access.py",
 )
 IO_LIBRARIES = frozenset({"trio", "zmq", "socket", "hypercorn", "starlette", "anyio",
                           "asyncio"})

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from typing import TYPE_CHECKING
 
 import trio
@@ -16,6 +17,7 @@ import trio
 from broker.fanout import SocketQueue
 from broker.hub import Viewer
 from broker.sockets import receive_some
+from control.admission import redirect_key
 from ingest.rtmp import session as s
 from ingest.rtmp.errors import RtmpProtocolError
 
@@ -73,6 +75,7 @@ class RtmpConnectionHandler:
         self.conn = s.RtmpServerConnection(chunk_size=cfg.chunk_size_bytes)
         self.out = SocketQueue(sock, cfg.cache_frames, worker.flusher)
         self.play: tuple[int, trio.CancelScope] | None = None
+        self.published: dict[StreamKey, tuple[str, float]] = {}  # query, start time
 
     async def run(self) -> None:
         try:
@@ -92,7 +95,7 @@ class RtmpConnectionHandler:
         finally:
             for ev in self.conn.close():
                 if isinstance(ev, s.PublishEnded):
-                    self.worker.end_publish(ev.key)
+                    self._end_publish(ev.key)
 
     async def _receive_loop(self, nursery: trio.Nursery) -> None:
         cfg = self.worker.cfg.rtmp
@@ -132,18 +135,18 @@ class RtmpConnectionHandler:
             self.worker.publish(ev.packet)
         elif isinstance(ev, s.ConnectRequested):
             self.log.info("connect app=%s tcUrl=%s", ev.app, ev.tc_url)
-            self.conn.accept_connect()
-        elif isinstance(ev, s.PublishRequested):
-            if self.worker.begin_publish(ev.key, self.peer, ev.mode):
-                self.log.info("publish %s (%s)", ev.key, ev.mode)
-                self.conn.accept_publish(ev.stream_id, ev.key)
+            if self.worker.admission.open("connect", ev.app):
+                self.conn.accept_connect()
             else:
-                self.log.warning("refused publish of %s: already publishing", ev.key)
-                self.conn.reject_publish(ev.stream_id, "NetStream.Publish.BadName",
-                                         f"{ev.key} is already being published")
+                nursery.start_soon(self._admit_connect, ev)
+        elif isinstance(ev, s.PublishRequested):
+            if self.worker.admission.open("publish", ev.key.app):
+                self._publish(ev, ev.key)
+            else:
+                nursery.start_soon(self._admit_publish, ev)
         elif isinstance(ev, s.PublishEnded):
             self.log.info("unpublish %s", ev.key)
-            self.worker.end_publish(ev.key)
+            self._end_publish(ev.key)
         elif isinstance(ev, s.PlayRequested):
             if self.play is not None:
                 # One writer per socket carries one stream's shared bytes: one play at a time.
@@ -152,7 +155,7 @@ class RtmpConnectionHandler:
                 return
             scope = trio.CancelScope()
             self.play = (ev.stream_id, scope)
-            nursery.start_soon(self._play, ev.stream_id, ev.key, scope)
+            nursery.start_soon(self._play, ev.stream_id, ev.key, ev.query, scope)
         elif isinstance(ev, s.PlayEnded):
             if self.play is not None and self.play[0] == ev.stream_id:
                 self.play[1].cancel()
@@ -160,8 +163,73 @@ class RtmpConnectionHandler:
         elif isinstance(ev, s.MediaRefused):
             self.log.warning("%s: %s; that track is dropped", ev.key, ev.reason)
 
-    async def _play(self, stream_id: int, key: StreamKey, scope: trio.CancelScope) -> None:
+    async def _admit_connect(self, ev: s.ConnectRequested) -> None:
+        extra: dict[str, object] = {
+            k: v for k, v in (("tcUrl", ev.tc_url), ("pageUrl", ev.params.get("pageUrl")),
+                                   ("swfUrl", ev.params.get("swfUrl"))) if isinstance(v, str)}
+        decision = await self.worker.admission.check(
+            "connect", app=ev.app, key=None, protocol="rtmp", peer=self.peer, query=ev.query,
+            extra=extra)
+        if decision.allowed:
+            self.conn.accept_connect()
+        else:
+            self.log.warning("refused connect to %s: %s", ev.app, decision.reason)
+            self.conn.reject_connect(decision.reason)
+        self.flush()
+
+    async def _admit_publish(self, ev: s.PublishRequested) -> None:
+        decision = await self.worker.admission.check(
+            "publish", app=ev.key.app, key=ev.key, protocol="rtmp", peer=self.peer,
+            query=ev.query, extra={"type": ev.mode})
+        key: StreamKey | None = ev.key
+        if decision.verdict == "redirect":
+            key = redirect_key(ev.key, decision.target)
+            self.log.info("publish %s redirected to %s", ev.key, key)
+        if key is None or decision.verdict == "refuse":
+            self.log.warning("refused publish of %s: %s", ev.key, decision.reason)
+            self.conn.reject_publish(ev.stream_id, "NetStream.Publish.BadName",
+                                     decision.reason or "refused")
+        else:
+            self._publish(ev, key)
+        self.flush()
+
+    def _publish(self, ev: s.PublishRequested, key: StreamKey) -> None:
+        if self.worker.begin_publish(key, self.peer, ev.mode):
+            self.log.info("publish %s (%s)", key, ev.mode)
+            self.conn.accept_publish(ev.stream_id, key)
+            self.published[key] = (ev.query, time.time())
+        else:
+            self.log.warning("refused publish of %s: already publishing", key)
+            self.conn.reject_publish(ev.stream_id, "NetStream.Publish.BadName",
+                                     f"{key} is already being published")
+
+    def _end_publish(self, key: StreamKey) -> None:
+        stats = self.worker.stats.get(key)
+        sent = stats.bytes_in if stats is not None else 0
+        self.worker.end_publish(key)
+        if (begun := self.published.pop(key, None)) is not None:
+            self.worker.admission.done("publish", app=key.app, key=key, protocol="rtmp",
+                                       peer=self.peer, query=begun[0], started=begun[1],
+                                       bytes_count=sent)
+
+    async def _play(self, stream_id: int, key: StreamKey, query: str,
+                    scope: trio.CancelScope) -> None:
         with scope:
+            admission = self.worker.admission
+            if not admission.open("play", key.app):
+                decision = await admission.check("play", app=key.app, key=key, protocol="rtmp",
+                                                 peer=self.peer, query=query)
+                target = redirect_key(key, decision.target) if decision.target else None
+                if decision.verdict == "refuse" or (decision.target and target is None):
+                    self.log.warning("refused play of %s: %s", key, decision.reason)
+                    self.conn.reject_play(stream_id, "NetStream.Play.Failed",
+                                          decision.reason or "refused")
+                    self.flush()
+                    self.play = None
+                    return
+                if target is not None:
+                    self.log.info("play %s redirected to %s", key, target)
+                    key = target
             consumer = self.worker.consumer
             if not await consumer.wait_published(key):
                 self.log.info("play %s: not found", key)
@@ -178,7 +246,11 @@ class RtmpConnectionHandler:
                             variant=stream_id)
             consumer.add(key, viewer)
             self.out.flush()  # the start (metadata, GOP) goes now, not with the next message
+            started, sent = time.time(), self.out.bytes_out
             try:
                 await trio.sleep_forever()
             finally:
                 consumer.detach(key, viewer)
+                admission.done("play", app=key.app, key=key, protocol="rtmp", peer=self.peer,
+                               query=query, started=started,
+                               bytes_count=self.out.bytes_out - sent)
