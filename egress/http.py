@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 from dataclasses import dataclass
@@ -17,11 +18,14 @@ from broker.calls import BusCalls, CallTimeout
 from broker.fanout import ViewerQueue
 from broker.hub import Viewer
 from broker.packet import DEFAULT_INSTANCE, StreamKey
+from control.admission import Admission
 from control.config import location_for
+from control.hooks import Hooks
 from egress import static
 from egress.dash.mpd import TIME_PATH, xs_datetime
 from egress.flv_live import FlvHandler, Framing, http_live, ws_live
 from egress.fmp4.live import Fmp4Handler
+from egress.live import http_response
 from egress.presentations import Presentations, parse_path
 
 if TYPE_CHECKING:
@@ -33,8 +37,10 @@ if TYPE_CHECKING:
     from broker.consumer import Consumer
     from broker.fanout import BoundedQueue
     from broker.hub import ViewerHandler
+    from control.access import Decision
     from control.config import Config
 
+logger = logging.getLogger(__name__)
 
 RECORD = "record"  # the DVR worker's record control call
 # A start waits for the DVR worker to join the stream (up to 3 s) and open the file.
@@ -94,6 +100,8 @@ class EgressApp:
         self.root = Path(cfg.http.root)
         self.server_name = re.compile(cfg.http.server_name) if cfg.http.server_name else None
         consumer.control_handlers.append(self.presentations.on_control)
+        self.hooks = Hooks()
+        self.admission = Admission(cfg, self.hooks)
         self.app = Starlette(routes=[
             Route("/api/streams", self.streams),
             Route(TIME_PATH, self.time),
@@ -101,6 +109,45 @@ class EgressApp:
             Route("/{path:path}", self.preflight, methods=["OPTIONS"]),
             WebSocketRoute("/{path:path}", self.websocket),
         ])
+
+    async def admit_play(self, route: LiveRoute, *, websocket: bool, peer: str, query: str,
+                         cors: dict[str, str]) -> bytes | None:
+        """The answer that refuses (403) or redirects (302) this live play; None to go on."""
+        protocol = ("ws-" if websocket else "http-") + route.format.kind
+        decision = await self.play_decision(route.key, protocol, peer, query)
+        if decision is None:
+            return None
+        key = route.key
+        if decision.verdict == "redirect":
+            logger.info("play %s by %s redirected to %s", key, peer, decision.target)
+            return http_response("302 Found", {"Location": decision.target,
+                                               "Connection": "close", **cors})
+        logger.warning("refused play of %s by %s: %s", key, peer, decision.reason)
+        return http_response("403 Forbidden", {"Content-Type": "text/plain",
+                                               "Connection": "close", **cors},
+                             f"{decision.reason}\n".encode())
+
+    async def play_decision(self, key: StreamKey, protocol: str, peer: str,
+                            query: str) -> Decision | None:
+        """None when the play may go on; else the refusal or redirect."""
+        if self.admission.open("play", key.app):
+            return None
+        decision = await self.admission.check("play", app=key.app, key=key, protocol=protocol,
+                                              peer=peer, query=query)
+        return None if decision.allowed else decision
+
+    async def refusal(self, request: Request, key: StreamKey, protocol: str,
+                      headers: dict[str, str]) -> Response | None:
+        """The 403 or 302 for a play over starlette (kept-alive connections, HLS, DASH)."""
+        client = request.client
+        peer = f"{client.host}:{client.port}" if client else "?"
+        decision = await self.play_decision(key, protocol, peer, request.url.query)
+        if decision is None:
+            return None
+        if decision.verdict == "redirect":
+            return Response(status_code=302, headers={"Location": decision.target, **headers})
+        logger.warning("refused play of %s by %s: %s", key, peer, decision.reason)
+        return PlainTextResponse(f"{decision.reason}\n", 403, headers=headers)
 
     def cors_headers(self, origin: str | None) -> dict[str, str]:
         allowed = self.cfg.http.cors_origins
@@ -155,6 +202,10 @@ class EgressApp:
             if loc is not None and loc.handler == "http_file":
                 if (off := self._dvr_missing(file.key, "DVR_FMP4", "HLS/DASH")) is not None:
                     return PlainTextResponse(off, 404, headers=headers)
+                if file.file in ("index.m3u8", "index.mpd"):  # a player starts here
+                    protocol = "hls" if file.file.endswith("m3u8") else "dash"
+                    if (no := await self.refusal(request, file.key, protocol, headers)):
+                        return no
                 base = str(request.base_url).rstrip("/")
                 return await self.presentations.serve(file, request.query_params, headers, base)
         host = request.headers.get("host")
@@ -169,6 +220,9 @@ class EgressApp:
             return static.not_found(headers)
         if isinstance(route, str):
             return PlainTextResponse(route, 404, headers=headers)
+        if (no := await self.refusal(request, route.key, "http-" + route.format.kind,
+                                     headers)):
+            return no
         queue = ViewerQueue(route.cache_frames)
         viewer = route.viewer(queue, Framing.PLAIN, websocket=False)
         return await http_live(self.consumer, route.key, viewer, queue, kind=route.format.kind,
@@ -178,6 +232,13 @@ class EgressApp:
         route = self.live_route(websocket.url.path)
         if not isinstance(route, LiveRoute):
             await websocket.close(code=4404, reason="not found")
+            return
+        client = websocket.client
+        peer = f"{client.host}:{client.port}" if client else "?"
+        decision = await self.play_decision(route.key, "ws-" + route.format.kind, peer,
+                                            websocket.url.query)
+        if decision is not None:
+            await websocket.close(code=4403, reason=decision.reason[:100])
             return
         queue = ViewerQueue(route.cache_frames)
         viewer = route.viewer(queue, Framing.PLAIN, websocket=True)

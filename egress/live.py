@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 from urllib.parse import unquote
@@ -26,6 +27,7 @@ from egress.flv_live import Framing
 if TYPE_CHECKING:
     from broker.consumer import Consumer
     from broker.packet import StreamKey
+    from control.admission import Admission
     from egress.http import LiveRoute
 
 logger = logging.getLogger(__name__)
@@ -42,6 +44,7 @@ class RequestHead:
     path: str
     headers: dict[str, str]  # lower-case names
     size: int  # bytes of the head, blank line included
+    query: str = ""  # after the "?", as sent
 
 
 def parse_head(data: bytes) -> RequestHead | None:
@@ -62,7 +65,8 @@ def parse_head(data: bytes) -> RequestHead | None:
         if not sep:
             return None
         headers[name.strip().lower()] = value.strip()
-    return RequestHead(method, unquote(target.partition("?")[0]), headers, end + 4)
+    path, _, query = target.partition("?")
+    return RequestHead(method, unquote(path), headers, end + 4, query)
 
 
 async def peek_head(sock: socket.socket) -> RequestHead | None:
@@ -90,12 +94,14 @@ def http_response(status: str, headers: dict[str, str], body: bytes = b"") -> by
 
 
 class LiveStreams:
-    def __init__(self, consumer: Consumer, flusher: Flusher) -> None:
+    def __init__(self, consumer: Consumer, flusher: Flusher,
+                 admission: Admission | None = None) -> None:
         self.consumer = consumer
         self.flusher = flusher
+        self.admission = admission  # fires on_play_done
 
     async def serve(self, sock: socket.socket, head: RequestHead, route: LiveRoute, *,
-                    cors: dict[str, str]) -> None:
+                    cors: dict[str, str], peer: str = "?") -> None:
         key, kind = route.key, route.format.kind
         sock.recv(head.size)  # consume the head we peeked at
         upgrade = head.headers.get("upgrade", "").lower() == "websocket"
@@ -126,6 +132,7 @@ class LiveStreams:
             await send_short(sock, _not_found(key, cors))
             return
         queue.flush()  # the start (header, GOP) goes now, not with the next bus message
+        started = time.time()
         client = _Client(sock, queue, upgrade)
         try:
             async with trio.open_nursery() as nursery:
@@ -139,6 +146,11 @@ class LiveStreams:
             pass  # the viewer went away
         finally:
             self.consumer.detach(key, viewer, kind=kind)
+            if self.admission is not None:
+                self.admission.done("play", app=key.app, key=key,
+                                    protocol=("ws-" if upgrade else "http-") + kind, peer=peer,
+                                    query=head.query, started=started,
+                                    bytes_count=queue.bytes_out)
 
 
 def _not_found(key: StreamKey, cors: dict[str, str]) -> bytes:

@@ -39,7 +39,7 @@ class EgressServer:
     def __init__(self, cfg: Config, consumer: Consumer, flusher: Flusher,
                  publisher: BusPublisher) -> None:
         self.app = EgressApp(cfg, consumer, publisher.send_control)
-        self.live = LiveStreams(consumer, flusher)
+        self.live = LiveStreams(consumer, flusher, self.app.admission)
         hc = HypercornConfig()
         hc.keep_alive_timeout = cfg.http.idle_timeout_s
         hc.accesslog = None
@@ -59,11 +59,26 @@ class EgressServer:
             return
         cors = self.app.cors_headers(head.headers.get("origin"))
         if isinstance(route, LiveRoute):
-            await self.live.serve(conn, head, route, cors=cors)
+            upgrade = head.headers.get("upgrade", "").lower() == "websocket"
+            refusal = await self.app.admit_play(
+                route, websocket=upgrade, peer=peer_of(conn), query=head.query, cors=cors)
+            if refusal is not None:
+                conn.recv(head.size)
+                await send_short(conn, refusal)
+                return
+            await self.live.serve(conn, head, route, cors=cors, peer=peer_of(conn))
         else:
             conn.recv(head.size)
             await send_short(conn, http_response("404 Not Found", {"Connection": "close", **cors},
                                                  route.encode()))
+
+
+def peer_of(conn: socket.socket) -> str:
+    try:
+        host, port = conn.getpeername()[:2]
+    except OSError:
+        return "?"
+    return f"{host}:{port}"
 
 
 async def _report_viewers(name: str, publisher: BusPublisher, consumer: Consumer) -> None:
@@ -86,6 +101,7 @@ async def serve_egress(cfg: Config, name: str, listener: socket.socket,
         "mp4": lambda key: Fmp4Hub(key, flusher)})
     server = EgressServer(cfg, consumer, flusher, publisher)
     async with trio.open_nursery() as nursery:
+        server.app.hooks.nursery = nursery
         nursery.start_soon(subscriber.serve)
         nursery.start_soon(consumer.serve)
         nursery.start_soon(_report_viewers, name, publisher, consumer)

@@ -18,6 +18,7 @@ import trio
 from broker.fanout import SocketQueue
 from broker.hub import Viewer
 from broker.sockets import receive_some
+from control.admission import redirect_key
 from ingest.rtsp import session as s
 from ingest.rtsp.message import RtspProtocolError
 from ingest.rtsp.play import Player, play_tracks
@@ -78,6 +79,9 @@ class RtspConnectionHandler:
         self.out = SocketQueue(sock, PLAYER_QUEUE_ITEMS, worker.flusher)
         self.viewer: tuple[StreamKey, Viewer, trio.CancelScope] | None = None
         self.nursery: trio.Nursery | None = None
+        self.published: tuple[str, float] | None = None  # query, start time
+        self.play_query = ""
+        self.play_started = (0.0, 0)  # time, bytes sent before
         self._written = trio.Event()  # the writer is done: closed and drained, or broken
 
     async def run(self) -> None:
@@ -149,20 +153,27 @@ class RtspConnectionHandler:
         elif isinstance(ev, s.AnnounceRequested):
             for reason in ev.refused:
                 self.log.warning("%s: a track is left out: %s", ev.key, reason)
-            if worker.begin_publish(ev.key, self.peer, "live", protocol="rtsp"):
-                self.log.info("publish %s", ev.key)
-                self._handle(self.conn.accept_announce())
+            if worker.admission.open("publish", ev.key.app):
+                self._publish(ev.key, ev.query)
             else:
-                self.log.warning("refused publish of %s: already publishing", ev.key)
-                self._handle(self.conn.refuse(403))
+                assert self.nursery is not None
+                self.nursery.start_soon(self._admit_publish, ev)
         elif isinstance(ev, s.RecordStarted):
             self.log.info("record %s", ev.key)
         elif isinstance(ev, s.PublishEnded):
             self.log.info("unpublish %s", ev.key)
+            stats = worker.stats.get(ev.key)
+            received = stats.bytes_in if stats is not None else 0
             worker.end_publish(ev.key)
+            if self.published is not None:
+                query, started = self.published
+                self.published = None
+                worker.admission.done("publish", app=ev.key.app, key=ev.key, protocol="rtsp",
+                                      peer=self.peer, query=query, started=started,
+                                      bytes_count=received)
         elif isinstance(ev, s.DescribeRequested):
             assert self.nursery is not None
-            self.nursery.start_soon(self._describe, ev.key)
+            self.nursery.start_soon(self._describe, ev.key, ev.query)
         elif isinstance(ev, s.PlayStarted):
             self._start_playing(ev.key, ev.player)
         elif isinstance(ev, s.PlayPaused):
@@ -170,7 +181,42 @@ class RtspConnectionHandler:
         elif isinstance(ev, s.Warning):
             self.log.warning("%s", ev.text)
 
-    async def _describe(self, key: StreamKey) -> None:
+    def _publish(self, key: StreamKey, query: str, requested: StreamKey | None = None) -> None:
+        """Claim `key` (a hook may have renamed the `requested` one) and answer."""
+        if self.worker.begin_publish(key, self.peer, "live", protocol="rtsp"):
+            self.log.info("publish %s", key)
+            self.published = (query, time.time())
+            self._handle(self.conn.accept_announce(key if requested else None))
+        else:
+            self.log.warning("refused publish of %s: already publishing", key)
+            self._handle(self.conn.refuse(403))
+
+    async def _admit_publish(self, ev: s.AnnounceRequested) -> None:
+        decision = await self.worker.admission.check(
+            "publish", app=ev.key.app, key=ev.key, protocol="rtsp", peer=self.peer,
+            query=ev.query)
+        key = redirect_key(ev.key, decision.target) if decision.target else ev.key
+        if decision.verdict == "refuse" or key is None:
+            self.log.warning("refused publish of %s: %s", ev.key, decision.reason)
+            self._handle(self.conn.refuse(403))
+        else:
+            self._publish(key, ev.query, ev.key if key != ev.key else None)
+        self.flush()
+
+    async def _describe(self, key: StreamKey, query: str) -> None:
+        admission = self.worker.admission
+        requested = key
+        if not admission.open("play", key.app):
+            decision = await admission.check("play", app=key.app, key=key, protocol="rtsp",
+                                             peer=self.peer, query=query)
+            target = redirect_key(key, decision.target) if decision.target else key
+            if decision.verdict == "refuse" or target is None:
+                self.log.warning("refused play of %s: %s", key, decision.reason)
+                self._handle(self.conn.refuse(403))
+                self.flush()
+                return
+            key = target
+        self.play_query = query
         hub = await self.worker.consumer.wait_live(key, kind="rtsp", wait_s=DESCRIBE_WAIT_S)
         if hub is None:
             self.log.info("describe %s: not found", key)
@@ -189,7 +235,8 @@ class RtspConnectionHandler:
             self._handle(self.conn.refuse(415))
         else:
             self.log.info("describe %s", key)
-            self._handle(self.conn.accept_describe(tracks, key.name))
+            self._handle(self.conn.accept_describe(tracks, key.name,
+                                                   key if key != requested else None))
         self.flush()
 
     def _start_playing(self, key: StreamKey, player: Player) -> None:
@@ -200,6 +247,7 @@ class RtspConnectionHandler:
         self.worker.consumer.add(key, viewer, kind="rtsp")
         scope = trio.CancelScope()
         self.viewer = (key, viewer, scope)
+        self.play_started = (time.time(), self.out.bytes_out)
         self.out.flush()  # the start (GOP from its keyframe) goes now
         self.nursery.start_soon(self._sender_reports, player, scope)
 
@@ -209,6 +257,10 @@ class RtspConnectionHandler:
         key, viewer, scope = self.viewer
         self.viewer = None
         scope.cancel()
+        started, sent = self.play_started
+        self.worker.admission.done("play", app=key.app, key=key, protocol="rtsp",
+                                   peer=self.peer, query=self.play_query, started=started,
+                                   bytes_count=self.out.bytes_out - sent)
         # The queue stays open: PAUSE and TEARDOWN answers go after the media queued so far.
         self.worker.consumer.detach(key, viewer, kind="rtsp", close=False)
 

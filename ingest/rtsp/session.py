@@ -206,14 +206,22 @@ class RtspServerConnection:
 
     # -- the shell's decisions -------------------------------------------------------------
 
-    def accept_announce(self) -> list[SessionEvent]:
+    def accept_announce(self, key: StreamKey | None = None) -> list[SessionEvent]:
+        """Take the publication, under another key if given (a hook's redirect)."""
         pending = self._take_pending("ANNOUNCE")
+        if key is not None and self.publication is not None:
+            self.key = key
+            for track in self.publication.tracks:
+                track.key = key
         self.state = State.ANNOUNCED
         self._answer(200, cseq=pending.request.cseq)
         return self._resume()
 
-    def accept_describe(self, tracks: list[PlayTrack], name: str) -> list[SessionEvent]:
+    def accept_describe(self, tracks: list[PlayTrack], name: str,
+                        key: StreamKey | None = None) -> list[SessionEvent]:
+        """Describe `tracks`; the player plays `key` if given (a hook's redirect)."""
         pending = self._take_pending("DESCRIBE")
+        self.key = key or self.key
         self.state = State.DESCRIBED
         self.play_tracks = tracks
         body = describe_sdp(tracks, name=name, host=self.host)
