@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from typing import Any
 
-from broker.packet import DEFAULT_INSTANCE
+from broker.packet import DEFAULT_INSTANCE, StreamKey
 from control import ctlsock
-from control.config import ConfigError, dump_default, load_config
+from control.access import sign, stream_path
+from control.config import ConfigError, dump_default, load_config, location_for
 
 
 def _duration(seconds: float) -> str:
@@ -57,6 +59,16 @@ def _age(stream: dict[str, Any]) -> float:
     return time.time() - started if isinstance(started, float | int) else 0.0
 
 
+def _stream_key(text: str) -> StreamKey:
+    parts = text.strip("/").split("/")
+    if len(parts) == 2:
+        parts.insert(1, DEFAULT_INSTANCE)
+    try:
+        return StreamKey.parse("/".join(parts))
+    except ValueError:
+        sys.exit(f"rtmpmate-ctl: {text!r} is not APP/NAME or APP/INSTANCE/NAME")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="rtmpmate-ctl")
     parser.add_argument("--config", default="etc/rtmpmate.toml", help="TOML configuration")
@@ -68,6 +80,10 @@ def main(argv: list[str] | None = None) -> None:
     record.add_argument("action", choices=["start", "stop"])
     record.add_argument("stream", help="APP/NAME or APP/INSTANCE/NAME")
     record.add_argument("--dvr", required=True, help="the DVR entry's id")
+    sign_cmd = sub.add_parser("sign", help="make a signed URL query for a stream")
+    sign_cmd.add_argument("stream", help="APP/NAME or APP/INSTANCE/NAME")
+    sign_cmd.add_argument("--ttl", type=int, default=3600, help="seconds it stays valid")
+    sign_cmd.add_argument("--secret", help="the key (default: the stream's location's)")
     config = sub.add_parser("config", help="configuration files")
     config_sub = config.add_subparsers(dest="config_command", required=True)
     init = config_sub.add_parser("init", help="write the default configuration to PATH")
@@ -90,15 +106,21 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "check":
         print(f"{args.config}: ok")
         return
+    if args.command == "sign":
+        key = _stream_key(args.stream)
+        loc = location_for(cfg.rtmp.location, f"/{key.app}")
+        secret = args.secret or (loc.secret if loc is not None else "")
+        if not secret:
+            sys.exit(f"rtmpmate-ctl: no secret for /{key.app} (set one, or pass --secret)")
+        expires = int(time.time()) + args.ttl
+        path = stream_path(key.app, key.instance, key.name, DEFAULT_INSTANCE)
+        print(f"expires={expires}&token={sign(secret, path, expires)}")
+        return
     path = ctlsock.control_path(cfg.server.run_dir)
     request: dict[str, Any] = {"cmd": args.command}
     if args.command == "record":
-        parts = args.stream.strip("/").split("/")
-        if len(parts) == 2:
-            parts.insert(1, DEFAULT_INSTANCE)
-        if len(parts) != 3 or not all(parts):
-            sys.exit(f"rtmpmate-ctl: {args.stream!r} is not APP/NAME or APP/INSTANCE/NAME")
-        request |= {"action": args.action, "dvr": args.dvr, "key": "/".join(parts)}
+        key = _stream_key(args.stream)
+        request |= {"action": args.action, "dvr": args.dvr, "key": str(key)}
     try:
         answer = ctlsock.request(path, request, timeout_s=10.0)
     except (OSError, ValueError) as exc:
