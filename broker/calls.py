@@ -43,12 +43,25 @@ class BusCalls:
         finally:
             del self._waiting[call_id]
 
+    async def gather(self, kind: str, body: dict[str, object], *,
+                     window_s: float) -> list[dict[str, Any]]:
+        """A call every worker may answer: the answers that came within window_s."""
+        call_id = f"{self._prefix}{next(self._ids)}"
+        answers: list[dict[str, Any]] = []
+        self._waiting[call_id] = (trio.Event(), answers)
+        try:
+            self._send(kind, {**body, "call": call_id})
+            await trio.sleep(window_s)
+            return list(answers)
+        finally:
+            del self._waiting[call_id]
+
     def on_control(self, body: dict[str, Any]) -> None:
         """Give every control message here: answers to our calls are picked out."""
         kind = body.get("kind")
         if not isinstance(kind, str) or not kind.endswith(RESULT_SUFFIX):
             return
         waiting = self._waiting.get(str(body.get("call")))
-        if waiting is not None and not waiting[0].is_set():
+        if waiting is not None:
             waiting[1].append(body)
             waiting[0].set()

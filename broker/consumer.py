@@ -138,6 +138,16 @@ class Consumer:
         if not watched.hub.viewers:
             watched.idle_since = trio.current_time()
 
+    def kick(self, key: StreamKey) -> int:
+        """Drop every viewer of the stream, in every kind of hub; how many there were."""
+        kicked = 0
+        for (watched_key, _), watched in list(self._watched.items()):
+            if watched_key == key:
+                for viewer in list(watched.hub.viewers):
+                    watched.hub.remove(viewer)
+                    kicked += 1
+        return kicked
+
     async def _wait_change(self) -> None:
         await self._changed.wait()
 

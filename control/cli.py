@@ -80,6 +80,9 @@ def main(argv: list[str] | None = None) -> None:
     record.add_argument("action", choices=["start", "stop"])
     record.add_argument("stream", help="APP/NAME or APP/INSTANCE/NAME")
     record.add_argument("--dvr", required=True, help="the DVR entry's id")
+    kick = sub.add_parser("kick", help="close a stream's publisher and/or players")
+    kick.add_argument("stream", help="APP/NAME or APP/INSTANCE/NAME")
+    kick.add_argument("--what", choices=["publisher", "players", "all"], default="all")
     sign_cmd = sub.add_parser("sign", help="make a signed URL query for a stream")
     sign_cmd.add_argument("stream", help="APP/NAME or APP/INSTANCE/NAME")
     sign_cmd.add_argument("--ttl", type=int, default=3600, help="seconds it stays valid")
@@ -121,6 +124,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "record":
         key = _stream_key(args.stream)
         request |= {"action": args.action, "dvr": args.dvr, "key": str(key)}
+    elif args.command == "kick":
+        request |= {"key": str(_stream_key(args.stream)), "what": args.what}
     try:
         answer = ctlsock.request(path, request, timeout_s=10.0)
     except (OSError, ValueError) as exc:
@@ -129,6 +134,9 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"rtmpmate-ctl: {answer.get('error')}")
     if args.command == "record":
         print(f"{'recording to' if args.action == 'start' else 'stopped'} {answer.get('path')}")
+        return
+    if args.command == "kick":
+        print(f"kicked {answer.get('kicked', 0)} session(s)")
         return
     if args.json:
         print(json.dumps(answer["status"], indent=2))

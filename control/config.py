@@ -184,6 +184,11 @@ class HttpLocationConfig:
 class HttpConfig:
     listen: Listen = Listen(ANY_HOST, 80)
     idle_timeout_s: float = 65.0
+    # The control API (rtmp_control, /api/streams) answers clients in control_allow (the
+    # host's own addresses by default) or, when a token is set, any client that sends
+    # "Authorization: Bearer TOKEN".
+    control_token: str = ""
+    control_allow: tuple[str, ...] = ("127.0.0.1/32", "::1/128")
     root: str = "www"
     cors: str = ""  # comma-separated origins, "*" = all, "" = none
     server_name: str = ""  # regex mapping a sub-domain to a sub-folder
@@ -336,12 +341,12 @@ class _Table:
                 return choice
         raise self.error(key, f"expected {expected}, got {_show(value)}")
 
-    def strings(self, key: str, check: Callable[[str], str | None] | None = None,
-                ) -> tuple[str, ...]:
-        """An array of strings (absent: empty); `check` says what is wrong with one, if any."""
+    def strings(self, key: str, check: Callable[[str], str | None] | None = None, *,
+                default: tuple[str, ...] = ()) -> tuple[str, ...]:
+        """An array of strings; `check` says what is wrong with one, if anything."""
         raw = self._raw(key)
         if raw is _ABSENT:
-            return ()
+            return default
         if not isinstance(raw, list | tuple):
             raise self.error(key, f"expected an array of strings, got {_show(raw)}")
         for i, item in enumerate(raw):
@@ -571,6 +576,9 @@ def _http(t: _Table) -> HttpConfig:
         root=t.string("root", "www"),
         cors=t.string("cors", ""),
         server_name=t.regex("server_name"),
+        control_token=t.string("control_token", ""),
+        control_allow=t.strings("control_allow", _cidr_problem,
+                                default=HttpConfig().control_allow),
         location=t.tables("location", _http_location, HttpConfig().location),
     )
 

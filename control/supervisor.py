@@ -35,6 +35,7 @@ logger = logging.getLogger("rtmpmate")
 RESTART_DELAY_S = 0.1  # a crashed worker is back well within a second
 MAX_RESTART_DELAY_S = 5.0  # ... unless it keeps crashing at start-up
 STOP_GRACE_S = 4.0  # SIGTERM, then SIGKILL: every child is gone within 5 s
+KICK_WINDOW_S = 1.0  # how long a kick waits for the workers' counts
 RECORD_CALL_TIMEOUT_S = 6.0  # a record start may wait for the DVR worker to join a stream
 
 
@@ -238,6 +239,12 @@ class Supervisor:
             except CallTimeout as exc:
                 return {"ok": False, "error": f"the DVR worker did not answer ({exc})"}
             return {k: answer[k] for k in ("ok", "path", "error") if k in answer}
+        if request.get("cmd") == "kick" and self.calls is not None:
+            answers = await self.calls.gather("kick", {
+                "key": request.get("key"), "what": request.get("what", "all")},
+                window_s=KICK_WINDOW_S)
+            kicked = sum(a["kicked"] for a in answers if isinstance(a.get("kicked"), int))
+            return {"ok": True, "kicked": kicked}
         return {"ok": False, "error": f"unknown command {request.get('cmd')!r}"}
 
     # -- main ----------------------------------------------------------------------------------

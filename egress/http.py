@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import hmac
 import logging
 import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import trio
 from starlette.applications import Starlette
@@ -18,6 +19,7 @@ from broker.calls import BusCalls, CallTimeout
 from broker.fanout import ViewerQueue
 from broker.hub import Viewer
 from broker.packet import DEFAULT_INSTANCE, StreamKey
+from control.access import parse_networks, permitted
 from control.admission import Admission
 from control.config import location_for
 from control.hooks import Hooks
@@ -43,6 +45,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 RECORD = "record"  # the DVR worker's record control call
+KICK = "kick"  # every ingest and egress worker closes the stream's sessions
+KICK_WINDOW_S = 1.0  # how long a kick waits for the workers' counts
 # A start waits for the DVR worker to join the stream (up to 3 s) and open the file.
 RECORD_CALL_TIMEOUT_S = 6.0
 
@@ -100,8 +104,11 @@ class EgressApp:
         self.root = Path(cfg.http.root)
         self.server_name = re.compile(cfg.http.server_name) if cfg.http.server_name else None
         consumer.control_handlers.append(self.presentations.on_control)
+        consumer.control_handlers.append(self.on_kick)
+        self.send_control = send_control
         self.hooks = Hooks()
         self.admission = Admission(cfg, self.hooks)
+        self.control_allow = parse_networks(cfg.http.control_allow)
         self.app = Starlette(routes=[
             Route("/api/streams", self.streams),
             Route(TIME_PATH, self.time),
@@ -249,10 +256,14 @@ class EgressApp:
                            headers: dict[str, str]) -> Response:
         """GET PREFIX/record/start|stop?dvr=ID&app=APP&inst=INSTANCE&name=NAME (the seed's
         record control): the DVR worker starts or stops the recording and says what it did."""
+        if (refused := self.control_refusal(request, headers)) is not None:
+            return refused
         action = request.url.path[len(prefix.rstrip("/")):].strip("/")
+        if action == "kick":
+            return await self.kick(request, headers)
         if action not in ("record/start", "record/stop"):
-            return JSONResponse({"ok": False, "error": "known: record/start, record/stop"}, 404,
-                                headers=headers)
+            return JSONResponse({"ok": False, "error": "known: record/start, record/stop, kick"},
+                                404, headers=headers)
         q = request.query_params
         if not (q.get("dvr") and q.get("app") and q.get("name")):
             return JSONResponse({"ok": False, "error": "dvr, app and name are required"}, 400,
@@ -268,6 +279,50 @@ class EgressApp:
         body = {k: answer[k] for k in ("ok", "path", "error") if k in answer}
         status = answer.get("status")
         return JSONResponse(body, status if isinstance(status, int) else 502, headers=headers)
+
+    def control_refusal(self, request: Request, headers: dict[str, str]) -> Response | None:
+        """The control API answers clients in http.control_allow (the host itself by
+        default) and, when http.control_token is set, any client that sends it."""
+        token = self.cfg.http.control_token
+        sent = request.headers.get("authorization", "")
+        if token and hmac.compare_digest(sent.encode(), f"Bearer {token}".encode()):
+            return None
+        client = request.client
+        address = client.host if client else "?"
+        if not token and permitted(address, self.control_allow, ()):
+            return None
+        logger.warning("control API refused to %s", address)
+        if token:
+            return JSONResponse({"ok": False, "error": "a bearer token is required"}, 401,
+                                headers={"WWW-Authenticate": "Bearer", **headers})
+        return JSONResponse({"ok": False, "error": f"the control API does not answer "
+                             f"{address} (see http.control_allow, http.control_token)"}, 403,
+                            headers=headers)
+
+    async def kick(self, request: Request, headers: dict[str, str]) -> Response:
+        """GET PREFIX/kick?app=APP&name=NAME[&inst=I][&what=publisher|players|all]: close
+        the stream's sessions on every worker; says how many."""
+        q = request.query_params
+        what = q.get("what", "all")
+        if not (q.get("app") and q.get("name")) or what not in ("publisher", "players", "all"):
+            return JSONResponse({"ok": False, "error": "app and name are required; what is "
+                                 "publisher, players or all"}, 400, headers=headers)
+        key = f"{q['app']}/{q.get('inst') or DEFAULT_INSTANCE}/{q['name']}"
+        answers = await self.calls.gather(KICK, {"key": key, "what": what},
+                                          window_s=KICK_WINDOW_S)
+        kicked = sum(a["kicked"] for a in answers if isinstance(a.get("kicked"), int))
+        return JSONResponse({"ok": True, "kicked": kicked}, headers=headers)
+
+    def on_kick(self, body: dict[str, Any]) -> None:
+        """Another process's kick: drop this worker's viewers of the stream."""
+        if body.get("kind") != KICK or body.get("what") == "publisher":
+            return
+        try:
+            key = StreamKey.parse(str(body.get("key")))
+        except ValueError:
+            return
+        self.send_control(KICK + "-result", {"call": body.get("call"),
+                                             "kicked": self.consumer.kick(key)})
 
     async def preflight(self, request: Request) -> Response:
         """CORS preflight (Fetch standard §3.2.2): allowed origins get what they ask for."""
@@ -286,6 +341,9 @@ class EgressApp:
 
     async def streams(self, request: Request) -> Response:
         """This worker's view: the live streams on the bus and its own viewers."""
+        refused = self.control_refusal(request, self.cors_headers(request.headers.get("origin")))
+        if refused is not None:
+            return refused
         now = trio.current_time()
         viewers = self.consumer.viewer_counts()
         return JSONResponse({

@@ -6,7 +6,7 @@ import logging
 import os
 import socket
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import trio
 import zmq
@@ -121,6 +121,9 @@ class IngestWorker:
         self.stats: dict[StreamKey, StreamStats] = {}
         self.hooks = Hooks()
         self.admission = Admission(cfg, self.hooks)
+        # Connections by stream, for kicks: their cancel scope, and "publisher" or "player".
+        self.sessions: dict[StreamKey, dict[trio.CancelScope, str]] = {}
+        self.consumer.control_handlers.append(self._on_control)
 
     # -- publishing ----------------------------------------------------------------------------
 
@@ -164,6 +167,39 @@ class IngestWorker:
             self.publisher.send_control("viewers", {
                 "worker": self.name, "pid": os.getpid(),
                 "streams": self.consumer.viewer_counts()})
+
+    # -- kicks -------------------------------------------------------------------------------
+
+    def register(self, key: StreamKey, scope: trio.CancelScope, role: str) -> None:
+        self.sessions.setdefault(key, {})[scope] = role
+
+    def unregister(self, key: StreamKey, scope: trio.CancelScope) -> None:
+        if (of_key := self.sessions.get(key)) is not None:
+            of_key.pop(scope, None)
+            if not of_key:
+                del self.sessions[key]
+
+    def kick(self, key: StreamKey, what: str) -> int:
+        """Close the stream's publisher ("publisher"), its players ("players") or both."""
+        kicked = 0
+        for scope, role in list(self.sessions.get(key, {}).items()):
+            if what == "all" or what.rstrip("s") == role:
+                scope.cancel()
+                kicked += 1
+        return kicked
+
+    def _on_control(self, body: dict[str, Any]) -> None:
+        if body.get("kind") != "kick":
+            return
+        try:
+            key = StreamKey.parse(str(body.get("key")))
+        except ValueError:
+            return
+        kicked = self.kick(key, str(body.get("what", "all")))
+        if kicked:
+            logger.info("kicked %d %s session(s) of %s", kicked, body.get("what", "all"), key)
+        self.publisher.send_control("kick-result", {"call": body.get("call"),
+                                                    "worker": self.name, "kicked": kicked})
 
     # -- process -------------------------------------------------------------------------------
 

@@ -76,10 +76,12 @@ class RtmpConnectionHandler:
         self.out = SocketQueue(sock, cfg.cache_frames, worker.flusher)
         self.play: tuple[int, trio.CancelScope] | None = None
         self.published: dict[StreamKey, tuple[str, float]] = {}  # query, start time
+        self.scope = trio.CancelScope()
 
     async def run(self) -> None:
         try:
             async with trio.open_nursery() as nursery:
+                self.scope = nursery.cancel_scope  # what a kick cancels
                 nursery.start_soon(self.out.run_writer)
                 await self._receive_loop(nursery)
                 nursery.cancel_scope.cancel()
@@ -198,6 +200,7 @@ class RtmpConnectionHandler:
             self.log.info("publish %s (%s)", key, ev.mode)
             self.conn.accept_publish(ev.stream_id, key)
             self.published[key] = (ev.query, time.time())
+            self.worker.register(key, self.scope, "publisher")
         else:
             self.log.warning("refused publish of %s: already publishing", key)
             self.conn.reject_publish(ev.stream_id, "NetStream.Publish.BadName",
@@ -207,6 +210,7 @@ class RtmpConnectionHandler:
         stats = self.worker.stats.get(key)
         sent = stats.bytes_in if stats is not None else 0
         self.worker.end_publish(key)
+        self.worker.unregister(key, self.scope)
         if (begun := self.published.pop(key, None)) is not None:
             self.worker.admission.done("publish", app=key.app, key=key, protocol="rtmp",
                                        peer=self.peer, query=begun[0], started=begun[1],
@@ -247,9 +251,11 @@ class RtmpConnectionHandler:
             consumer.add(key, viewer)
             self.out.flush()  # the start (metadata, GOP) goes now, not with the next message
             started, sent = time.time(), self.out.bytes_out
+            self.worker.register(key, self.scope, "player")
             try:
                 await trio.sleep_forever()
             finally:
+                self.worker.unregister(key, self.scope)
                 consumer.detach(key, viewer)
                 admission.done("play", app=key.app, key=key, protocol="rtmp", peer=self.peer,
                                query=query, started=started,

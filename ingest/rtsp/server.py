@@ -165,6 +165,8 @@ class RtspConnectionHandler:
             stats = worker.stats.get(ev.key)
             received = stats.bytes_in if stats is not None else 0
             worker.end_publish(ev.key)
+            if self.nursery is not None:
+                worker.unregister(ev.key, self.nursery.cancel_scope)
             if self.published is not None:
                 query, started = self.published
                 self.published = None
@@ -186,6 +188,8 @@ class RtspConnectionHandler:
         if self.worker.begin_publish(key, self.peer, "live", protocol="rtsp"):
             self.log.info("publish %s", key)
             self.published = (query, time.time())
+            assert self.nursery is not None
+            self.worker.register(key, self.nursery.cancel_scope, "publisher")
             self._handle(self.conn.accept_announce(key if requested else None))
         else:
             self.log.warning("refused publish of %s: already publishing", key)
@@ -248,6 +252,7 @@ class RtspConnectionHandler:
         scope = trio.CancelScope()
         self.viewer = (key, viewer, scope)
         self.play_started = (time.time(), self.out.bytes_out)
+        self.worker.register(key, self.nursery.cancel_scope, "player")
         self.out.flush()  # the start (GOP from its keyframe) goes now
         self.nursery.start_soon(self._sender_reports, player, scope)
 
@@ -257,6 +262,8 @@ class RtspConnectionHandler:
         key, viewer, scope = self.viewer
         self.viewer = None
         scope.cancel()
+        if self.nursery is not None:
+            self.worker.unregister(key, self.nursery.cancel_scope)
         started, sent = self.play_started
         self.worker.admission.done("play", app=key.app, key=key, protocol="rtsp",
                                    peer=self.peer, query=self.play_query, started=started,

@@ -285,3 +285,57 @@ def test_networks_allow_and_deny(short_av_media: Path, stop_after: list[Server])
     proc.communicate(timeout=30)
     assert proc.returncode != 0
     assert "127.0.0.1 may not publish here" in refusing.log()
+
+
+def test_kick_players_then_the_publisher(av_media: Path, tmp_path: Path,
+                                         stop_after: list[Server]) -> None:
+    server = guarded_server(None)
+    stop_after.append(server)
+    publisher = publish(server, av_media, "cam")
+    try:
+        wait_until(lambda: server.stream_status("live/_definst_/cam"), 10, "the stream")
+        players = [ffmpeg_record(server.http("/live/cam.flv"), tmp_path / "http.flv"),
+                   ffmpeg_record(server.rtmp("cam"), tmp_path / "rtmp.flv")]
+        wait_until(lambda: sum((server.stream_status("live/_definst_/cam") or {})
+                               .get("viewers", {}).values()) >= 2, 10, "two viewers")
+        kick = subprocess.run([*_ctl(server), "kick", "live/cam", "--what", "players"],
+                              capture_output=True, text=True, check=True, timeout=30)
+        assert kick.stdout.strip() == "kicked 2 session(s)"
+        for player in players:
+            player.communicate(timeout=20)  # ended by the server, not by a time limit
+        assert publisher.poll() is None  # the publisher stays
+        answer = httpx.get(server.http("/rtmp/control/kick?app=live&name=cam&what=publisher"),
+                           timeout=10)
+        assert answer.json() == {"ok": True, "kicked": 1}
+        publisher.communicate(timeout=20)
+        wait_until(lambda: server.stream_status("live/_definst_/cam") is None, 10,
+                   "the stream to end")
+    finally:
+        if publisher.poll() is None:
+            kill(publisher)
+
+
+def _control_get(address: str, port: int, path: str, token: str = "") -> int:
+    auth = f"Authorization: Bearer {token}\r\n" if token else ""
+    with socket.create_connection(("127.0.0.1", port), timeout=10,
+                                  source_address=(address, 0)) as sock:
+        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n{auth}Connection: close\r\n\r\n".encode())
+        return int(sock.recv(4096).split(b" ", 2)[1])
+
+
+def test_control_api_is_loopback_only_unless_a_token_is_set(
+        stop_after: list[Server]) -> None:
+    server = guarded_server(None)
+    stop_after.append(server)
+    kick = "/rtmp/control/kick?app=live&name=nobody"
+    assert _control_get("127.0.0.1", server.http_port, kick) == 200
+    # 127.0.0.2 plays a remote client: only the host's own 127.0.0.1 and ::1 are let in.
+    assert _control_get("127.0.0.2", server.http_port, kick) == 403
+    assert _control_get("127.0.0.2", server.http_port, "/api/streams") == 403
+    assert "control API refused to 127.0.0.2" in server.log()
+    with_token = start_server(egress=1, tweak=lambda d: d["http"].update(control_token="t0k"))
+    stop_after.append(with_token)
+    assert _control_get("127.0.0.1", with_token.http_port, kick) == 401
+    assert _control_get("127.0.0.1", with_token.http_port, "/api/streams") == 401
+    assert _control_get("127.0.0.1", with_token.http_port, kick, "wrong") == 401
+    assert _control_get("127.0.0.2", with_token.http_port, kick, "t0k") == 200
