@@ -24,22 +24,53 @@ NO_FD_ERRORS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 SHORT_WRITE_TIMEOUT_S = 10.0
 
 
-async def serve_accept(listener: socket.socket,
-                       handler: Callable[[socket.socket], Awaitable[None]]) -> None:
-    """Accept forever, one task per connection; the handler owns (and closes) the socket."""
+class ConnectionLimits:
+    """Connections open in this process, in total and per client address; one object may
+    guard several listeners (an ingest worker's RTMP and RTSP)."""
 
-    async def run(conn: socket.socket) -> None:
+    def __init__(self, total: int, per_address: int) -> None:
+        self.total, self.per_address = total, per_address
+        self.open = 0
+        self.by_address: dict[str, int] = {}
+
+    def admit(self, address: str) -> str | None:
+        """Count the connection in, or say why not."""
+        if self.open >= self.total:
+            return f"{self.open} connections open (max_connections)"
+        if self.by_address.get(address, 0) >= self.per_address:
+            return f"{self.per_address} connections from {address} (max_connections_per_ip)"
+        self.open += 1
+        self.by_address[address] = self.by_address.get(address, 0) + 1
+        return None
+
+    def release(self, address: str) -> None:
+        self.open -= 1
+        if (left := self.by_address[address] - 1) > 0:
+            self.by_address[address] = left
+        else:
+            del self.by_address[address]
+
+
+async def serve_accept(listener: socket.socket,
+                       handler: Callable[[socket.socket], Awaitable[None]],
+                       limits: ConnectionLimits | None = None) -> None:
+    """Accept forever, one task per connection; the handler owns (and closes) the socket.
+    Over a limit, a new connection is closed at once; those open are not touched."""
+
+    async def run(conn: socket.socket, address: str) -> None:
         try:
             await handler(conn)
         finally:
             conn.close()
+            if limits is not None:
+                limits.release(address)
 
     async with trio.open_nursery() as nursery:
         while True:
             await trio.lowlevel.wait_readable(listener)
             while True:  # several workers share the socket: another may win the race
                 try:
-                    conn, _ = listener.accept()
+                    conn, peer = listener.accept()
                 except BlockingIOError:
                     break
                 except OSError as exc:
@@ -48,9 +79,14 @@ async def serve_accept(listener: socket.socket,
                     logger.warning("accept failed: %s", exc)
                     await trio.sleep(ACCEPT_ERROR_PAUSE_S)
                     break
+                address = peer[0] if isinstance(peer, tuple) else str(peer)
+                if limits is not None and (why := limits.admit(address)) is not None:
+                    logger.warning("refused a connection from %s: %s", address, why)
+                    conn.close()
+                    continue
                 conn.setblocking(False)
                 conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                nursery.start_soon(run, conn)
+                nursery.start_soon(run, conn, address)
 
 
 async def receive_some(sock: socket.socket, max_bytes: int) -> bytes:

@@ -71,6 +71,10 @@ class ServerConfig:
     egress_workers: int = 0  # 0 = one per CPU core
     run_dir: str = "run"  # ipc sockets and the control socket
     log_level: LogLevel = "info"
+    # Bounds per worker process; over one, a new client is closed at once, with a log line.
+    max_connections: int = 16384  # per ingest or egress worker, every protocol together
+    max_connections_per_ip: int = 4096  # per worker and client address
+    max_streams: int = 1024  # live streams on the bus; another publish is refused
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -449,6 +453,9 @@ def _server(t: _Table) -> ServerConfig:
         egress_workers=t.integer("egress_workers", 0),
         run_dir=t.string("run_dir", "run", nonempty=True),
         log_level=t.choice("log_level", LOG_LEVELS, "info"),
+        max_connections=t.integer("max_connections", 16384, lo=1),
+        max_connections_per_ip=t.integer("max_connections_per_ip", 4096, lo=1),
+        max_streams=t.integer("max_streams", 1024, lo=1),
     )
 
 

@@ -22,7 +22,7 @@ from broker.consumer import Consumer
 from broker.fanout import Flusher
 from broker.feed import ANNOUNCE_INTERVAL_S
 from broker.hub import StreamHub
-from broker.sockets import send_short, serve_accept
+from broker.sockets import ConnectionLimits, send_short, serve_accept
 from broker.zsock import BusPublisher, BusSubscriber, bus_endpoints
 from egress.flv_live import FlvMuxer
 from egress.fmp4.live import Fmp4Hub
@@ -106,7 +106,8 @@ async def serve_egress(cfg: Config, name: str, listener: socket.socket,
         nursery.start_soon(consumer.serve)
         nursery.start_soon(_report_viewers, name, publisher, consumer)
         logger.info("%s serving HTTP on %s", name, listener.getsockname())
-        await serve_accept(listener, server.handle)
+        await serve_accept(listener, server.handle, ConnectionLimits(
+            cfg.server.max_connections, cfg.server.max_connections_per_ip))
 
 
 def run_egress_worker(cfg: Config, name: str, http_fd: int) -> None:

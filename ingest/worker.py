@@ -16,7 +16,7 @@ from broker.fanout import Flusher
 from broker.feed import ANNOUNCE_INTERVAL_S
 from broker.hub import StreamHub
 from broker.packet import Codec, MediaPacket, StreamKey, TrackKind
-from broker.sockets import serve_accept
+from broker.sockets import ConnectionLimits, serve_accept
 from broker.zsock import (
     BusPublisher,
     BusSubscriber,
@@ -132,6 +132,11 @@ class IngestWorker:
         """Claim the key: one publisher per stream key across every ingest worker."""
         if key in self.stats:
             return False
+        live = self.consumer.directory.live(trio.current_time())
+        if len(live) >= self.cfg.server.max_streams and all(i.key != key for i in live):
+            logger.warning("refused publish of %s: %d streams are live (max_streams)", key,
+                           len(live))
+            return False
         other = self.consumer.directory.get(key, trio.current_time())
         if other is not None and other.owner != self.snapshots.endpoint:
             return False
@@ -212,8 +217,10 @@ class IngestWorker:
             nursery.start_soon(self._announce_loop)
             logger.info("%s serving RTMP on %s, RTSP on %s", self.name,
                         rtmp_sock.getsockname(), rtsp_sock.getsockname())
-            nursery.start_soon(serve_accept, rtsp_sock, self._handle_rtsp)
-            await serve_accept(rtmp_sock, self._handle_rtmp)
+            srv = self.cfg.server
+            limits = ConnectionLimits(srv.max_connections, srv.max_connections_per_ip)
+            nursery.start_soon(serve_accept, rtsp_sock, self._handle_rtsp, limits)
+            await serve_accept(rtmp_sock, self._handle_rtmp, limits)
 
     async def _handle_rtmp(self, sock: socket.socket) -> None:
         await RtmpConnectionHandler(self, sock).run()

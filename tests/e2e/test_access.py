@@ -339,3 +339,30 @@ def test_control_api_is_loopback_only_unless_a_token_is_set(
     assert _control_get("127.0.0.1", with_token.http_port, "/api/streams") == 401
     assert _control_get("127.0.0.1", with_token.http_port, kick, "wrong") == 401
     assert _control_get("127.0.0.2", with_token.http_port, kick, "t0k") == 200
+
+
+def test_limits_refuse_new_clients_and_keep_the_others(short_av_media: Path,
+                                                       stop_after: list[Server]) -> None:
+    server = start_server(egress=1, tweak=lambda d: d["server"].update(
+        max_connections_per_ip=2, max_streams=1))
+    stop_after.append(server)
+    first = socket.create_connection(("127.0.0.1", server.rtsp_port), timeout=10)
+    second = socket.create_connection(("127.0.0.1", server.rtmp_port), timeout=10)
+    third = socket.create_connection(("127.0.0.1", server.rtsp_port), timeout=10)
+    try:
+        assert third.recv(100) == b""  # closed at once
+        first.sendall(b"OPTIONS rtsp://x/live/a RTSP/1.0\r\nCSeq: 1\r\n\r\n")
+        assert first.recv(100).startswith(b"RTSP/1.0 200 OK")  # the others go on
+    finally:
+        for sock in (first, second, third):
+            sock.close()
+    assert "max_connections_per_ip" in server.log()
+    publisher = publish(server, short_av_media, "one")
+    try:
+        wait_until(lambda: server.stream_status("live/_definst_/one"), 10, "the stream")
+        second_publisher = ffmpeg_publish(server.rtmp("two"), short_av_media)
+        second_publisher.communicate(timeout=30)
+        assert second_publisher.returncode != 0
+        assert "max_streams" in server.log()
+    finally:
+        kill(publisher)
