@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 MAX_RECV = 65536
+MAX_HOOK_CACHE = 16384  # the most frames an on_play answer may give a player
 HANDSHAKE_TIMEOUT_S = 10.0
 # An idle or handshake timeout may fire up to this fraction of itself early: its deadline
 # moves by steps, not on every read.
@@ -192,12 +193,17 @@ class RtmpConnectionHandler:
             self.conn.reject_publish(ev.stream_id, "NetStream.Publish.BadName",
                                      decision.reason or "refused")
         else:
-            self._publish(ev, key)
+            self._publish(ev, key, decision.options)
         self.flush()
 
-    def _publish(self, ev: s.PublishRequested, key: StreamKey) -> None:
-        if self.worker.begin_publish(key, self.peer, ev.mode):
-            self.log.info("publish %s (%s)", key, ev.mode)
+    def _publish(self, ev: s.PublishRequested, key: StreamKey,
+                 options: dict[str, object] | None = None) -> None:
+        mode = ev.mode
+        record = (options or {}).get("record")
+        if isinstance(record, bool):  # the hook's say: what the "auto" DVR modes go by
+            mode = ("append" if mode == "append" else "record") if record else "live"
+        if self.worker.begin_publish(key, self.peer, mode):
+            self.log.info("publish %s (%s)", key, mode)
             self.conn.accept_publish(ev.stream_id, key)
             self.published[key] = (ev.query, time.time())
             self.worker.register(key, self.scope, "publisher")
@@ -234,6 +240,9 @@ class RtmpConnectionHandler:
                 if target is not None:
                     self.log.info("play %s redirected to %s", key, target)
                     key = target
+                cache = decision.options.get("cache")
+                if isinstance(cache, int) and not isinstance(cache, bool) and cache >= 1:
+                    self.out.capacity = min(cache, MAX_HOOK_CACHE)
             consumer = self.worker.consumer
             if not await consumer.wait_published(key):
                 self.log.info("play %s: not found", key)

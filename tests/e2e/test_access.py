@@ -4,6 +4,7 @@ loopback plays the operator's web service (allows, refuses, redirects, times out
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import subprocess
 import threading
@@ -46,7 +47,7 @@ HOOKS = ("on_connect", "on_publish", "on_publish_done", "on_play", "on_play_done
 
 @dataclass
 class HookService:
-    """What each hook answers ("allow", "refuse", "slow", "redirect:TARGET", "options"),
+    """What each hook answers ("allow", "refuse", "slow", "redirect:TARGET", "json:BODY"),
     and every call it got, with its body."""
 
     port: int
@@ -70,8 +71,8 @@ class HookService:
             return Response("late")
         if answer.startswith("redirect:"):
             return Response(status_code=302, headers={"Location": answer[9:]})
-        if answer == "options":
-            return JSONResponse({"note": "fine"})
+        if answer.startswith("json:"):
+            return JSONResponse(json.loads(answer[5:]))
         return Response("ok")
 
 
@@ -364,5 +365,23 @@ def test_limits_refuse_new_clients_and_keep_the_others(short_av_media: Path,
         second_publisher.communicate(timeout=30)
         assert second_publisher.returncode != 0
         assert "max_streams" in server.log()
+    finally:
+        kill(publisher)
+
+
+def test_hook_options_set_the_session(hooks: HookService, short_av_media: Path,
+                                      stop_after: list[Server]) -> None:
+    """{"record": true} makes an "auto" DVR entry record a live publish."""
+    server = start_server(egress=1, tweak=lambda d: (
+        d["rtmp"]["location"][0].update(on_publish=[hooks.url("on_publish")]),
+        d["rtmp"]["location"][0]["dvr"][0].update(mode="auto")))
+    stop_after.append(server)
+    hooks.answers["on_publish"] = 'json:{"record": true}'
+    publisher = publish(server, short_av_media, "cam")
+    try:
+        status = wait_until(lambda: server.stream_status("live/_definst_/cam"), 10,
+                            "the stream")
+        assert status["type"] == "record"
+        wait_until(lambda: list(server.workdir.rglob("cam*.flv")), 10, "a recording")
     finally:
         kill(publisher)
