@@ -24,6 +24,25 @@ NO_FD_ERRORS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 SHORT_WRITE_TIMEOUT_S = 10.0
 
 
+def peer_name(sock: socket.socket) -> str:
+    """"host:port" of the other end, "?" once it is gone."""
+    try:
+        host, port = sock.getpeername()[:2]
+    except OSError:
+        return "?"
+    return f"{host}:{port}"
+
+
+class ConnectionLog(logging.LoggerAdapter[logging.Logger]):
+    """Log lines of one connection, prefixed "[PROTOCOL PEER]"."""
+
+    def __init__(self, logger: logging.Logger, protocol: str, peer: str) -> None:
+        super().__init__(logger, {"prefix": f"[{protocol} {peer}]"})
+
+    def process(self, msg: str, kwargs: object) -> tuple[str, object]:  # type: ignore[override]
+        return f"{self.extra['prefix'] if self.extra else ''} {msg}", kwargs
+
+
 class ConnectionLimits:
     """Connections open in this process, in total and per client address; one object may
     guard several listeners (an ingest worker's RTMP and RTSP)."""

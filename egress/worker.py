@@ -22,7 +22,7 @@ from broker.consumer import Consumer
 from broker.fanout import Flusher
 from broker.feed import ANNOUNCE_INTERVAL_S
 from broker.hub import StreamHub
-from broker.sockets import ConnectionLimits, send_short, serve_accept
+from broker.sockets import ConnectionLimits, peer_name, send_short, serve_accept
 from broker.zsock import BusPublisher, BusSubscriber, bus_endpoints
 from egress.flv_live import FlvMuxer
 from egress.fmp4.live import Fmp4Hub
@@ -61,24 +61,16 @@ class EgressServer:
         if isinstance(route, LiveRoute):
             upgrade = head.headers.get("upgrade", "").lower() == "websocket"
             refusal = await self.app.admit_play(
-                route, websocket=upgrade, peer=peer_of(conn), query=head.query, cors=cors)
+                route, websocket=upgrade, peer=peer_name(conn), query=head.query, cors=cors)
             if refusal is not None:
                 conn.recv(head.size)
                 await send_short(conn, refusal)
                 return
-            await self.live.serve(conn, head, route, cors=cors, peer=peer_of(conn))
+            await self.live.serve(conn, head, route, cors=cors, peer=peer_name(conn))
         else:
             conn.recv(head.size)
             await send_short(conn, http_response("404 Not Found", {"Connection": "close", **cors},
                                                  route.encode()))
-
-
-def peer_of(conn: socket.socket) -> str:
-    try:
-        host, port = conn.getpeername()[:2]
-    except OSError:
-        return "?"
-    return f"{host}:{port}"
 
 
 async def _report_viewers(name: str, publisher: BusPublisher, consumer: Consumer) -> None:

@@ -16,7 +16,7 @@ import trio
 
 from broker.fanout import SocketQueue
 from broker.hub import Viewer
-from broker.sockets import receive_some
+from broker.sockets import ConnectionLog, peer_name, receive_some
 from control.admission import redirect_key
 from ingest.rtmp import session as s
 from ingest.rtmp.errors import RtmpProtocolError
@@ -35,11 +35,6 @@ HANDSHAKE_TIMEOUT_S = 10.0
 # An idle or handshake timeout may fire up to this fraction of itself early: its deadline
 # moves by steps, not on every read.
 DEADLINE_SLACK = 0.02
-
-
-class _Log(logging.LoggerAdapter[logging.Logger]):
-    def process(self, msg: str, kwargs: object) -> tuple[str, object]:  # type: ignore[override]
-        return f"[rtmp {self.extra['peer'] if self.extra else '?'}] {msg}", kwargs
 
 
 class _PlayHandler:
@@ -66,12 +61,8 @@ class RtmpConnectionHandler:
     def __init__(self, worker: IngestWorker, sock: socket.socket) -> None:
         self.worker = worker
         self.sock = sock
-        try:
-            host, port = sock.getpeername()[:2]
-            self.peer = f"{host}:{port}"
-        except OSError:
-            self.peer = "?"
-        self.log = _Log(logger, {"peer": self.peer})
+        self.peer = peer_name(sock)
+        self.log = ConnectionLog(logger, "rtmp", self.peer)
         cfg = worker.cfg.rtmp
         self.conn = s.RtmpServerConnection(chunk_size=cfg.chunk_size_bytes)
         self.out = SocketQueue(sock, cfg.cache_frames, worker.flusher)

@@ -63,7 +63,19 @@ class _Depacketizer(Protocol):
     def reorder(self) -> int | None: ...  # B-frame depth from the parameter sets, if known
 
 
-class _H264:
+class _Video:
+    """What H.264 and H.265 share: access units in, AVCC frames out."""
+
+    d: rtp_h264.H264Depacketizer | rtp_h265.H265Depacketizer
+
+    def add(self, pkt: RtpPacket) -> list[Frame]:
+        return [Frame(au.timestamp, au.avcc(), au.keyframe) for au in self.d.add(pkt)]
+
+    def config(self) -> bytes | None:
+        return self.d.config()
+
+
+class _H264(_Video):
     def __init__(self, media: Media) -> None:
         mode = media.fmtp.get("packetization-mode", "0")
         if mode not in ("0", "1"):
@@ -73,18 +85,12 @@ class _H264:
         except RtpError as exc:
             raise MediaError(str(exc)) from None
 
-    def add(self, pkt: RtpPacket) -> list[Frame]:
-        return [Frame(au.timestamp, au.avcc(), au.keyframe) for au in self.d.add(pkt)]
-
-    def config(self) -> bytes | None:
-        return self.d.config()
-
     def reorder(self) -> int | None:
         assert self.d.sps is not None
         return avc.reorder_depth(avc.parse_sps(self.d.sps))
 
 
-class _H265:
+class _H265(_Video):
     def __init__(self, media: Media) -> None:
         f = media.fmtp
         if int(f.get("sprop-max-don-diff", "0") or 0) > 0:
@@ -95,28 +101,16 @@ class _H265:
         except RtpError as exc:
             raise MediaError(str(exc)) from None
 
-    def add(self, pkt: RtpPacket) -> list[Frame]:
-        return [Frame(au.timestamp, au.avcc(), au.keyframe) for au in self.d.add(pkt)]
-
-    def config(self) -> bytes | None:
-        return self.d.config()
-
     def reorder(self) -> int | None:
         assert self.d.sps is not None
         return hevc.parse_sps(self.d.sps).max_num_reorder_pics
 
 
-class _Aac:
-    def __init__(self, media: Media) -> None:
-        try:
-            self.asc = binascii.unhexlify(media.fmtp.get("config", ""))
-            cfg = aac.parse_asc(self.asc)
-            sizes = rtp_aac.AuHeaderSizes.from_fmtp(media.fmtp)
-        except (binascii.Error, CodecError, RtpError) as exc:
-            raise MediaError(f"mpeg4-generic without a usable config: {exc}") from None
-        # RTP time runs at the rtpmap's rate: HE-AAC's output rate is twice the core's.
-        per_frame = cfg.frame_length * media.clock_rate // cfg.sample_rate
-        self.d = rtp_aac.AacDepacketizer(sizes, per_frame)
+class _AacFrames:
+    """What both AAC payload formats share: an out-of-band ASC, frames in."""
+
+    asc: bytes
+    d: rtp_aac.AacDepacketizer | latm.LatmDepacketizer
 
     def add(self, pkt: RtpPacket) -> list[Frame]:
         return [Frame(f.timestamp, f.data) for f in self.d.add(pkt)]
@@ -127,24 +121,32 @@ class _Aac:
     def reorder(self) -> int | None:
         return None
 
+    @staticmethod
+    def rtp_frame(media: Media, asc: bytes) -> int:
+        """RTP ticks per frame: RTP time runs at the rtpmap's rate, which for HE-AAC is the
+        output rate, twice the core's."""
+        cfg = aac.parse_asc(asc)
+        return cfg.frame_length * media.clock_rate // cfg.sample_rate
 
-class _Latm:
+
+class _Aac(_AacFrames):
+    def __init__(self, media: Media) -> None:
+        try:
+            self.asc = binascii.unhexlify(media.fmtp.get("config", ""))
+            per_frame = self.rtp_frame(media, self.asc)
+            sizes = rtp_aac.AuHeaderSizes.from_fmtp(media.fmtp)
+        except (binascii.Error, CodecError, RtpError) as exc:
+            raise MediaError(f"mpeg4-generic without a usable config: {exc}") from None
+        self.d = rtp_aac.AacDepacketizer(sizes, per_frame)
+
+
+class _Latm(_AacFrames):
     def __init__(self, media: Media) -> None:
         try:
             self.asc = latm.stream_mux_config_asc(media.fmtp)
         except RtpError as exc:
             raise MediaError(str(exc)) from None
-        cfg = aac.parse_asc(self.asc)
-        self.d = latm.LatmDepacketizer(cfg.frame_length * media.clock_rate // cfg.sample_rate)
-
-    def add(self, pkt: RtpPacket) -> list[Frame]:
-        return [Frame(f.timestamp, f.data) for f in self.d.add(pkt)]
-
-    def config(self) -> bytes | None:
-        return self.asc
-
-    def reorder(self) -> int | None:
-        return None
+        self.d = latm.LatmDepacketizer(self.rtp_frame(media, self.asc))
 
 
 class _Opus:

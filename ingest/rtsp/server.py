@@ -17,7 +17,7 @@ import trio
 
 from broker.fanout import SocketQueue
 from broker.hub import Viewer
-from broker.sockets import receive_some
+from broker.sockets import ConnectionLog, peer_name, receive_some
 from control.admission import redirect_key
 from ingest.rtsp import session as s
 from ingest.rtsp.message import RtspProtocolError
@@ -42,11 +42,6 @@ PLAYER_QUEUE_ITEMS: Final = 1024
 TEARDOWN_DRAIN_S: Final = 2.0  # how long what is queued may take to go after a TEARDOWN
 
 
-class _Log(logging.LoggerAdapter[logging.Logger]):
-    def process(self, msg: str, kwargs: object) -> tuple[str, object]:  # type: ignore[override]
-        return f"[rtsp {self.extra['peer'] if self.extra else '?'}] {msg}", kwargs
-
-
 class _PlayHandler:
     """How the stream's hub talks to this player (see broker.hub.ViewerHandler)."""
 
@@ -66,13 +61,12 @@ class RtspConnectionHandler:
     def __init__(self, worker: IngestWorker, sock: socket.socket) -> None:
         self.worker = worker
         self.sock = sock
+        self.peer = peer_name(sock)
         try:
-            host, port = sock.getpeername()[:2]
-            self.peer = f"{host}:{port}"
             local = sock.getsockname()[0]
         except OSError:
-            self.peer, local = "?", "0.0.0.0"
-        self.log = _Log(logger, {"peer": self.peer})
+            local = "0.0.0.0"
+        self.log = ConnectionLog(logger, "rtsp", self.peer)
         self.conn = s.RtspServerConnection(
             session_id=secrets.token_hex(8), random32=lambda: secrets.randbits(32),
             packetizer=worker.rtsp_packetizer, host=local)

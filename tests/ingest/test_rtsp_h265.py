@@ -13,8 +13,9 @@ from hypothesis import strategies as st
 
 from ingest.rtsp import h265
 from ingest.rtsp.h265 import H265Depacketizer, packetize, sprop_fmtp, sprop_nals
-from ingest.rtsp.rtp import RtpError, RtpPacket, build_rtp, parse_rtp
+from ingest.rtsp.rtp import RtpError, RtpPacket, parse_rtp
 from media.codecs import avc, hevc
+from tests.ingest.test_rtsp_rtp import rtp_packets as h264_rtp_packets
 from tests.media.test_hevc import FFMPEG_HVCC_MAIN, MAIN
 
 VPS, SPS, PPS = MAIN.vps, MAIN.sps, MAIN.pps
@@ -87,14 +88,7 @@ def test_fragmentation_unit_rebuilds_the_nal_header() -> None:
 
 
 def rtp_packets(units: list[list[bytes]], mtu: int, start_seq: int = 0) -> list[RtpPacket]:
-    out, seq = [], start_seq
-    for i, nals in enumerate(units):
-        payloads = packetize(nals, mtu)
-        for j, payload in enumerate(payloads):
-            out.append(parse_rtp(build_rtp(96, j == len(payloads) - 1, seq, i * 3000, 1,
-                                           payload)))
-            seq += 1
-    return out
+    return h264_rtp_packets(units, mtu, start_seq, packetizer=packetize)
 
 
 def test_a_lost_fragment_drops_that_nal_only() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+from typing import TYPE_CHECKING
 
 import pytest
 from hypothesis import given, settings
@@ -21,6 +22,9 @@ from ingest.rtsp.rtp import (
 )
 from media.codecs import avc
 from tests.egress.test_fragmenter import AVCC_720P
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 _CONFIG = avc.parse_avcc(AVCC_720P)
 SPS, PPS = _CONFIG.sps[0], _CONFIG.pps[0]
@@ -66,10 +70,13 @@ def test_sprop_parameter_sets() -> None:
     assert depacketizer.config() == avc.build_avcc([SPS], [PPS])
 
 
-def rtp_packets(units: list[list[bytes]], mtu: int, start_seq: int = 0) -> list[RtpPacket]:
+def rtp_packets(units: list[list[bytes]], mtu: int, start_seq: int = 0, *,
+                packetizer: Callable[[list[bytes], int], list[bytes]] = packetize,
+                ) -> list[RtpPacket]:
+    """RTP packets of access units (one per 3000 ticks), the marker on each unit's last."""
     out, seq = [], start_seq
     for i, nals in enumerate(units):
-        payloads = packetize(nals, mtu)
+        payloads = packetizer(nals, mtu)
         for j, payload in enumerate(payloads):
             out.append(parse_rtp(build_rtp(96, j == len(payloads) - 1, seq, i * 3000, 1,
                                            payload)))
