@@ -75,6 +75,8 @@ class ServerConfig:
     max_connections: int = 16384  # per ingest or egress worker, every protocol together
     max_connections_per_ip: int = 4096  # per worker and client address
     max_streams: int = 1024  # live streams on the bus; another publish is refused
+    # Time a new client has for the RTMP handshake, its first RTSP request or its HTTP head.
+    handshake_timeout_s: float = 10.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -456,6 +458,7 @@ def _server(t: _Table) -> ServerConfig:
         max_connections=t.integer("max_connections", 16384, lo=1),
         max_connections_per_ip=t.integer("max_connections_per_ip", 4096, lo=1),
         max_streams=t.integer("max_streams", 1024, lo=1),
+        handshake_timeout_s=t.seconds("handshake_timeout", 10.0),
     )
 
 

@@ -33,7 +33,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 MAX_HEAD_BYTES = 8192
-HEAD_TIMEOUT_S = 10.0
 PEEK_RETRY_S = 0.005  # a head split over several segments: look again shortly
 MAX_RECV = 4096
 
@@ -69,9 +68,10 @@ def parse_head(data: bytes) -> RequestHead | None:
     return RequestHead(method, unquote(path), headers, end + 4, query)
 
 
-async def peek_head(sock: socket.socket) -> RequestHead | None:
-    """Look at the request head without consuming it, so hypercorn can still read it."""
-    with trio.move_on_after(HEAD_TIMEOUT_S):
+async def peek_head(sock: socket.socket, timeout_s: float) -> RequestHead | None:
+    """Look at the request head without consuming it, so hypercorn can still read it.
+    Raises trio.TooSlowError if it is not all there within timeout_s."""
+    with trio.fail_after(timeout_s):
         while True:
             await trio.lowlevel.wait_readable(sock)
             try:
@@ -83,7 +83,6 @@ async def peek_head(sock: socket.socket) -> RequestHead | None:
             if not data or b"\r\n\r\n" in data or len(data) >= MAX_HEAD_BYTES:
                 return parse_head(data)
             await trio.sleep(PEEK_RETRY_S)
-    return None
 
 
 def http_response(status: str, headers: dict[str, str], body: bytes = b"") -> bytes:

@@ -40,6 +40,7 @@ class EgressServer:
                  publisher: BusPublisher) -> None:
         self.app = EgressApp(cfg, consumer, publisher.send_control)
         self.live = LiveStreams(consumer, flusher, self.app.admission)
+        self.handshake_timeout_s = cfg.server.handshake_timeout_s
         hc = HypercornConfig()
         hc.keep_alive_timeout = cfg.http.idle_timeout_s
         hc.accesslog = None
@@ -49,7 +50,12 @@ class EgressServer:
         self.context = WorkerContext(None)
 
     async def handle(self, conn: socket.socket) -> None:
-        head = await peek_head(conn)
+        try:
+            head = await peek_head(conn, self.handshake_timeout_s)
+        except trio.TooSlowError:
+            logger.info("closed %s: no request head within %.0f s", peer_name(conn),
+                        self.handshake_timeout_s)
+            return
         live = head is not None and head.method in ("GET", "HEAD")
         route = (self.app.live_route(head.path, head.headers.get("host"))
                  if head is not None and live else None)

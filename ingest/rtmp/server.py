@@ -31,7 +31,6 @@ logger = logging.getLogger(__name__)
 
 MAX_RECV = 65536
 MAX_HOOK_CACHE = 16384  # the most frames an on_play answer may give a player
-HANDSHAKE_TIMEOUT_S = 10.0
 # An idle or handshake timeout may fire up to this fraction of itself early: its deadline
 # moves by steps, not on every read.
 DEADLINE_SLACK = 0.02
@@ -97,7 +96,7 @@ class RtmpConnectionHandler:
         with trio.CancelScope() as idle:
             while True:
                 if self.conn.state is s.State.HANDSHAKE:
-                    timeout = HANDSHAKE_TIMEOUT_S
+                    timeout = self.worker.cfg.server.handshake_timeout_s
                 elif self.play is not None and not self.conn.publishing:
                     timeout = math.inf  # a player may stay silent: its data flows out
                 else:

@@ -68,6 +68,9 @@ class H264Depacketizer:
         self._fu: bytearray | None = None  # the NAL unit being reassembled
         self._fu_next: int | None = None  # the sequence number that must come next
         self._ready: list[AccessUnit] = []  # finished, not returned yet
+        self._seq: int | None = None  # the last packet's sequence number
+        self._damaged = False  # the unit being gathered lost a packet
+        self.dropped = 0  # access units dropped for a lost packet
         if sprop:
             for nal in sprop_parameter_sets(sprop):
                 self._parameter_set(nal)
@@ -81,6 +84,10 @@ class H264Depacketizer:
     def add(self, pkt: RtpPacket) -> list[AccessUnit]:
         """Raises RtpError for payloads that are not H.264 of mode 0 or 1; a unit that the
         refused packet ended comes out of the next call."""
+        if self._seq is not None and pkt.sequence != (self._seq + 1) & 0xFFFF:
+            self._damaged = True  # a packet is missing: its picture is dropped, not shown torn
+            self._fu = None
+        self._seq = pkt.sequence
         if self._timestamp is not None and pkt.timestamp != self._timestamp and self._nals:
             self._ready += self._finish()
         self._timestamp = pkt.timestamp
@@ -103,8 +110,10 @@ class H264Depacketizer:
             self._fragment(pkt)
         else:
             raise RtpError(f"H.264 payload type {kind} (interleaved mode) is not supported")
-        if pkt.marker and self._nals:
-            self._ready += self._finish()
+        if pkt.marker:
+            if self._nals:
+                self._ready += self._finish()
+            self._damaged = False  # the unit ended, shown or not
         out, self._ready = self._ready, []
         return out
 
@@ -144,6 +153,10 @@ class H264Depacketizer:
     def _finish(self) -> list[AccessUnit]:
         nals, self._nals = self._nals, []
         assert self._timestamp is not None
+        if self._damaged:
+            self._damaged = False
+            self.dropped += 1
+            return []
         return [AccessUnit(self._timestamp, tuple(nals))]
 
 

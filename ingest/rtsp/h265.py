@@ -3,7 +3,8 @@
 The depacketizer takes single NAL unit packets, aggregation packets (AP) and fragmentation
 units (FU) and gives access units (the NAL units of one picture, with their RTP timestamp)
 when the marker bit ends one, or when the timestamp changes (some cameras never set the
-marker). A fragment that does not continue the one before (a lost packet) drops that NAL
+marker). A gap in the sequence numbers (a lost packet) drops the picture it belonged to;
+a fragment that does not continue the one before drops that NAL
 unit only. Parameter sets come from `sprop-vps`/`sprop-sps`/`sprop-pps` and from the
 stream; `config()` gives the hvcC once all three are known. Streams with DONL fields
 (`sprop-max-don-diff` > 0) and PACI packets are refused.
@@ -96,6 +97,9 @@ class H265Depacketizer:
         self._timestamp: int | None = None
         self._fu: bytearray | None = None  # the NAL unit being reassembled
         self._fu_next: int | None = None  # the sequence number that must come next
+        self._seq: int | None = None  # the last packet's sequence number
+        self._damaged = False  # the unit being gathered lost a packet
+        self.dropped = 0  # access units dropped for a lost packet
         for name, value in (("sprop-vps", sprop_vps), ("sprop-sps", sprop_sps),
                             ("sprop-pps", sprop_pps)):
             for nal in sprop_nals(value or "", name):
@@ -114,6 +118,10 @@ class H265Depacketizer:
     def add(self, pkt: RtpPacket) -> list[AccessUnit]:
         """Raises RtpError for payloads that are not RFC 7798 without DONL/PACI. If such a
         packet's new timestamp finished a unit, that unit comes out of the next call."""
+        if self._seq is not None and pkt.sequence != (self._seq + 1) & 0xFFFF:
+            self._damaged = True  # a packet is missing: its picture is dropped, not shown torn
+            self._fu = None
+        self._seq = pkt.sequence
         if self._timestamp is not None and pkt.timestamp != self._timestamp:
             self._fu = None  # the fragments of a NAL unit share its timestamp
             self._finish()
@@ -135,6 +143,7 @@ class H265Depacketizer:
                                "supported")
         if pkt.marker:
             self._finish()
+            self._damaged = False  # the unit ended, shown or not
         out, self._ready = self._ready, []
         return out
 
@@ -197,7 +206,11 @@ class H265Depacketizer:
     def _finish(self) -> None:
         if self._nals:
             assert self._timestamp is not None
-            self._ready.append(AccessUnit(self._timestamp, tuple(self._nals)))
+            if self._damaged:
+                self.dropped += 1
+            else:
+                self._ready.append(AccessUnit(self._timestamp, tuple(self._nals)))
+            self._damaged = False
             self._nals = []
 
 

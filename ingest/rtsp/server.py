@@ -111,9 +111,10 @@ class RtspConnectionHandler:
             self._written.set()
 
     async def _receive_loop(self) -> None:
-        timeout = self.worker.cfg.rtsp.idle_timeout_s
+        idle = self.worker.cfg.rtsp.idle_timeout_s
+        first = self.worker.cfg.server.handshake_timeout_s  # until a first whole request
         while True:
-            with trio.fail_after(timeout):
+            with trio.fail_after(idle if self.conn.requests else first):
                 data = await receive_some(self.sock, MAX_RECV)
             if not data:
                 self.log.info("closed by peer")

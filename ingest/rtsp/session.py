@@ -143,6 +143,7 @@ class RtspServerConnection:
         self.reader = msg.RtspReader()
         self._out: list[bytes] = []
         self._pending: _Pending | None = None
+        self.requests = 0  # requests read so far
         self._now = 0.0
         self._session_started = False
         self.key: StreamKey | None = None
@@ -252,6 +253,7 @@ class RtspServerConnection:
     # -- requests --------------------------------------------------------------------------
 
     def _request(self, req: RtspRequest) -> list[SessionEvent]:
+        self.requests += 1
         session = req.headers.get("session", "").split(";")[0].strip()
         if session and self._session_started and session != self.session_id:
             self._answer(454, cseq=req.cseq)

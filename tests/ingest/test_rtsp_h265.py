@@ -91,12 +91,13 @@ def rtp_packets(units: list[list[bytes]], mtu: int, start_seq: int = 0) -> list[
     return h264_rtp_packets(units, mtu, start_seq, packetizer=packetize)
 
 
-def test_a_lost_fragment_drops_that_nal_only() -> None:
+def test_a_lost_packet_drops_that_picture_only() -> None:
     big = b"\x26\x01" + bytes(range(256)) * 10
-    pkts = rtp_packets([[b"\x4e\x01sei", big, TRAIL]], 500)
+    pkts = rtp_packets([[b"\x4e\x01sei", big, TRAIL], [TRAIL]], 500)
     depacketizer = H265Depacketizer()
     got = [u for i, p in enumerate(pkts) if i != 3 for u in depacketizer.add(p)]
-    assert [u.nals for u in got] == [(b"\x4e\x01sei", TRAIL)]
+    assert [u.nals for u in got] == [(TRAIL,)]  # the second picture, not a torn first
+    assert depacketizer.dropped == 1
 
 
 def test_a_fragment_without_its_start_is_dropped() -> None:
@@ -250,7 +251,8 @@ def test_round_trip(units: list[list[bytes]], mtu: int, start: int, marker: bool
             p = RtpPacket(p.payload_type, False, p.sequence, p.timestamp, p.ssrc, p.payload)
         got += depacketizer.add(p)
     if not marker:
-        got += depacketizer.add(pkt(TRAIL, ts=10**6, marker=True))[:1]
+        seq = (start + sum(len(packetize(u, mtu)) for u in units)) & 0xFFFF
+        got += depacketizer.add(pkt(TRAIL, seq=seq, ts=10**6, marker=True))[:1]
     assert [list(u.nals) for u in got] == units
     assert [u.timestamp for u in got] == [i * 3000 for i in range(len(units))]
 

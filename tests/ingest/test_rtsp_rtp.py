@@ -100,7 +100,8 @@ def test_round_trip(units: list[list[bytes]], mtu: int, start: int, marker: bool
                             pkt.payload)
         got += depacketizer.add(pkt)
     if not marker:
-        got += depacketizer.add(RtpPacket(96, True, 0, 10**6, 1, b"\x09\x10"))[:1]
+        seq = (start + sum(len(packetize(u, mtu)) for u in units)) & 0xFFFF
+        got += depacketizer.add(RtpPacket(96, True, seq, 10**6, 1, b"\x09\x10"))[:1]
     assert [list(u.nals) for u in got] == units
     assert [u.timestamp for u in got] == [i * 3000 for i in range(len(units))]
 
@@ -116,15 +117,16 @@ def test_stap_a_and_in_band_parameter_sets() -> None:
     assert depacketizer.config() == avc.build_avcc([SPS], [PPS])
 
 
-def test_a_lost_fragment_drops_that_nal_only() -> None:
+def test_a_lost_packet_drops_that_picture_only() -> None:
     big = b"\x65" + bytes(range(256)) * 10
-    pkts = rtp_packets([[b"\x06sei", big]], 500)
+    pkts = rtp_packets([[b"\x06sei", big], [b"\x41next"]], 500)
     depacketizer = H264Depacketizer()
     got = []
     for i, pkt in enumerate(pkts):
         if i != 3:  # a fragment in the middle
             got += depacketizer.add(pkt)
-    assert [u.nals for u in got] == [(b"\x06sei",)]
+    assert [u.nals for u in got] == [(b"\x41next",)]  # not a torn first picture
+    assert depacketizer.dropped == 1
 
 
 @settings(max_examples=300)
