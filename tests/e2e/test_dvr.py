@@ -233,9 +233,12 @@ def test_auto_mode_records_when_the_publisher_asks(recording_server: Server,
     encoded = EncodedMedia(load_media(av_media), CHUNK_SIZE)
 
     async def record_for(seconds: float) -> None:
-        with trio.move_on_after(seconds):
-            await Publisher(encoded, publish_type="record").run(
-                "127.0.0.1", server.rtmp_port, "live", "sample")
+        # The window starts once the publish is accepted: connecting can be slow on a busy host.
+        async with trio.open_nursery() as nursery:
+            await nursery.start(Publisher(encoded, publish_type="record").run,
+                                "127.0.0.1", server.rtmp_port, "live", "sample")
+            await trio.sleep(seconds)
+            nursery.cancel_scope.cancel()
 
     trio.run(record_for, 4)
     wait_until(lambda: path.exists() and b"keyframes" in path.read_bytes()[:8192], 15,

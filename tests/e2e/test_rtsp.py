@@ -211,7 +211,9 @@ def test_udp_transport_is_refused_with_461(server: Server, short_av_media: Path)
             kill(publisher)
     assert publisher.returncode != 0
     assert b"461" in err
-    assert server.stream_status("live/_definst_/cam") is None
+    # ANNOUNCE claimed the name; the publisher's hang-up releases it.
+    wait_until(lambda: server.stream_status("live/_definst_/cam") is None, 10,
+               "the refused publisher's stream to end")
 
 
 def _exchange(port: int, data: bytes, timeout_s: float = 5.0) -> bytes:
