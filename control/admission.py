@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import OrderedDict
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 from urllib.parse import urlsplit
 
@@ -64,6 +66,11 @@ class Admission:
 
     def location(self, app: str) -> RtmpLocationConfig | None:
         return location_for(self.cfg.rtmp.location, f"/{app}")
+
+    def tracked(self, app: str) -> bool:
+        """Must plays of the app be followed (a check to pass, or on_play_done to fire)?"""
+        loc = self.location(app)
+        return loc is not None and (not self.open("play", app) or bool(loc.on_play_done))
 
     def open(self, event: str, app: str) -> bool:
         """True when nothing guards this event at the app's location (no await needed)."""
@@ -124,3 +131,80 @@ class Admission:
         if key is not None:
             body.update(instance=key.instance, name=key.name, stream=str(key))
         return {**body, **(extra or {})}
+
+
+@dataclass(slots=True)
+class PlaySession:
+    """An HLS or DASH player: a client address fetching one stream's files."""
+
+    key: StreamKey
+    protocol: str  # "hls" or "dash", after the request that opened it
+    peer: str
+    query: str  # of the request that opened it
+    started: float  # wall clock, for on_play_done's duration
+    seen: float  # monotonic, of the latest request
+    bytes_count: int = 0
+    active: int = 0  # requests in flight (a blocking playlist reload, a growing segment)
+
+
+# HLS and DASH players poll; one not heard of for this long has left ([http] play_timeout).
+# A player reloads its playlist at least every target duration; LL-HLS blocks up to three.
+PLAY_SESSION_IDLE_S: Final = 30.0
+MAX_PLAY_SESSIONS: Final = 65536
+
+
+class PlaySessions:
+    """HLS and DASH plays have no connection to watch: a play starts with a client address's
+    first admitted request for a stream's files and ends when it stops asking. Its later
+    requests (segments carry no token) ride on that admission, and its end fires
+    on_play_done."""
+
+    def __init__(self, idle_s: float = PLAY_SESSION_IDLE_S,
+                 limit: int = MAX_PLAY_SESSIONS) -> None:
+        self.idle_s = idle_s
+        self.limit = limit
+        # Least recently seen first: expiry looks at the front only.
+        self._sessions: OrderedDict[tuple[str, StreamKey], PlaySession] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    def find(self, address: str, key: StreamKey, now: float) -> PlaySession | None:
+        """The live session of this client for the stream, marked as seen now. (HLS and DASH
+        share their segments: one client address plays a stream once, whichever it uses.)"""
+        session = self._sessions.get((address, key))
+        if session is None or now - session.seen > self.idle_s:
+            return None
+        self.touch(session, now)
+        return session
+
+    def touch(self, session: PlaySession, now: float) -> None:
+        session.seen = now
+        ident = (peer_address(session.peer), session.key)
+        if self._sessions.get(ident) is session:  # not ended meanwhile
+            self._sessions.move_to_end(ident)
+
+    def add(self, session: PlaySession) -> list[PlaySession]:
+        """Open a session; returns those it ends (its stale predecessor, the oldest past the
+        limit)."""
+        ended = []
+        ident = (peer_address(session.peer), session.key)
+        if (old := self._sessions.pop(ident, None)) is not None:
+            ended.append(old)
+        self._sessions[ident] = session
+        while len(self._sessions) > self.limit:
+            ended.append(self._sessions.popitem(last=False)[1])
+        return ended
+
+    def expire(self, now: float) -> list[PlaySession]:
+        """End the sessions not seen for idle_s (one waiting for an answer is still here)."""
+        ended = []
+        while self._sessions:
+            session = next(iter(self._sessions.values()))
+            if now - session.seen <= self.idle_s:
+                break
+            if session.active:
+                self.touch(session, now)
+            else:
+                ended.append(self._sessions.popitem(last=False)[1])
+        return ended

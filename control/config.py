@@ -195,6 +195,8 @@ class HttpConfig:
     # "Authorization: Bearer TOKEN".
     control_token: str = ""
     control_allow: tuple[str, ...] = ("127.0.0.1/32", "::1/128")
+    # An HLS or DASH player that fetched nothing for this long has left (on_play_done).
+    play_timeout_s: float = 30.0
     root: str = "www"
     cors: str = ""  # comma-separated origins, "*" = all, "" = none
     server_name: str = ""  # regex mapping a sub-domain to a sub-folder
@@ -589,6 +591,7 @@ def _http(t: _Table) -> HttpConfig:
         control_token=t.string("control_token", ""),
         control_allow=t.strings("control_allow", _cidr_problem,
                                 default=HttpConfig().control_allow),
+        play_timeout_s=t.seconds("play_timeout", 30.0),
         location=t.tables("location", _http_location, HttpConfig().location),
     )
 

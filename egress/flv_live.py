@@ -20,7 +20,7 @@ from egress import wsframe
 from media import flv
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Hashable
+    from collections.abc import AsyncIterator, Callable, Hashable
 
     from broker.consumer import Consumer
     from broker.fanout import ViewerQueue
@@ -86,40 +86,53 @@ class FlvHandler:
 
 
 async def http_live(consumer: Consumer, key: StreamKey, viewer: Viewer, queue: ViewerQueue, *,
-                    kind: str, media_type: str, headers: dict[str, str]) -> Response:
-    """A live stream as an ASGI streaming response (for kept-alive connections)."""
+                    kind: str, media_type: str, headers: dict[str, str],
+                    on_end: Callable[[int], None] | None = None) -> Response:
+    """A live stream as an ASGI streaming response (for kept-alive connections). on_end gets
+    the bytes sent when the viewer leaves."""
     if await consumer.attach(key, viewer, kind=kind) is None:
         return PlainTextResponse(f"stream {key} is not published\n", 404, headers=headers)
 
     async def body() -> AsyncIterator[bytes]:
+        sent = 0
         try:
             while batch := await queue.get_batch():
-                yield b"".join(batch)
+                data = b"".join(batch)
+                yield data
+                sent += len(data)
         finally:
             consumer.detach(key, viewer, kind=kind)
+            if on_end is not None:
+                on_end(sent)
 
     return StreamingResponse(body(), media_type=media_type,
                              headers={"Cache-Control": "no-cache", **headers})
 
 
 async def ws_live(consumer: Consumer, key: StreamKey, viewer: Viewer, queue: ViewerQueue, *,
-                  kind: str, websocket: WebSocket) -> None:
+                  kind: str, websocket: WebSocket,
+                  on_end: Callable[[int], None] | None = None) -> None:
     """A live stream as ASGI WebSocket messages (for upgrades on kept-alive connections)."""
     if await consumer.attach(key, viewer, kind=kind) is None:
         await websocket.close(code=4404, reason=f"stream {key} is not published")
         return
     await websocket.accept()
+    sent = 0
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_until_closed, websocket, nursery.cancel_scope)
             while batch := await queue.get_batch():
-                await websocket.send_bytes(b"".join(batch))
+                data = b"".join(batch)
+                await websocket.send_bytes(data)
+                sent += len(data)
             nursery.cancel_scope.cancel()
         await websocket.close()
     except (WebSocketDisconnect, trio.BrokenResourceError, trio.ClosedResourceError):
         pass
     finally:
         consumer.detach(key, viewer, kind=kind)
+        if on_end is not None:
+            on_end(sent)
 
 
 async def _until_closed(websocket: WebSocket, scope: trio.CancelScope) -> None:

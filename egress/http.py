@@ -20,7 +20,7 @@ from broker.fanout import ViewerQueue
 from broker.hub import Viewer
 from broker.packet import DEFAULT_INSTANCE, StreamKey
 from control.access import parse_networks, permitted
-from control.admission import Admission
+from control.admission import Admission, PlaySession, PlaySessions, peer_address
 from control.config import location_for
 from control.hooks import Hooks
 from egress import static
@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from starlette.requests import Request
+    from starlette.types import Message, Receive, Scope, Send
     from starlette.websockets import WebSocket
 
     from broker.consumer import Consumer
@@ -108,6 +109,7 @@ class EgressApp:
         self.send_control = send_control
         self.hooks = Hooks()
         self.admission = Admission(cfg, self.hooks)
+        self.plays = PlaySessions(cfg.http.play_timeout_s)  # HLS and DASH players
         self.control_allow = parse_networks(cfg.http.control_allow)
         self.app = Starlette(routes=[
             Route("/api/streams", self.streams),
@@ -155,6 +157,48 @@ class EgressApp:
             return Response(status_code=302, headers={"Location": decision.target, **headers})
         logger.warning("refused play of %s by %s: %s", key, peer, decision.reason)
         return PlainTextResponse(f"{decision.reason}\n", 403, headers=headers)
+
+    async def play_session(self, request: Request, key: StreamKey, file: str,
+                           headers: dict[str, str]) -> PlaySession | Response:
+        """The HLS/DASH play this request belongs to; its first request is the one admitted
+        (a player normally starts at index.m3u8 or index.mpd, but any file will do: a
+        segment fetched without a play would bypass the check)."""
+        client = request.client
+        peer = f"{client.host}:{client.port}" if client else "?"
+        now = trio.current_time()
+        session = self.plays.find(peer_address(peer), key, now)
+        if session is not None:
+            return session
+        protocol = "dash" if file.endswith(".mpd") else "hls"
+        if (no := await self.refusal(request, key, protocol, headers)) is not None:
+            return no
+        session = PlaySession(key, protocol, peer, request.url.query, time.time(), now)
+        self.end_plays(self.plays.add(session))
+        return session
+
+    def play_done(self, key: StreamKey, protocol: str,
+                  conn: Request | WebSocket) -> Callable[[int], None]:
+        """What fires on_play_done when a live play over starlette ends."""
+        client, started = conn.client, time.time()
+        peer = f"{client.host}:{client.port}" if client else "?"
+
+        def done(bytes_count: int) -> None:
+            self.admission.done("play", app=key.app, key=key, protocol=protocol, peer=peer,
+                                query=conn.url.query, started=started, bytes_count=bytes_count)
+
+        return done
+
+    def end_plays(self, ended: list[PlaySession]) -> None:
+        for s in ended:
+            self.admission.done("play", app=s.key.app, key=s.key, protocol=s.protocol,
+                                peer=s.peer, query=s.query, started=s.started,
+                                bytes_count=s.bytes_count)
+
+    async def expire_plays(self) -> None:
+        """HLS and DASH players that stopped asking have left: on_play_done."""
+        while True:
+            await trio.sleep(self.plays.idle_s / 6)
+            self.end_plays(self.plays.expire(trio.current_time()))
 
     def cors_headers(self, origin: str | None) -> dict[str, str]:
         allowed = self.cfg.http.cors_origins
@@ -209,12 +253,22 @@ class EgressApp:
             if loc is not None and loc.handler == "http_file":
                 if (off := self._dvr_missing(file.key, "DVR_FMP4", "HLS/DASH")) is not None:
                     return PlainTextResponse(off, 404, headers=headers)
-                if file.file in ("index.m3u8", "index.mpd"):  # a player starts here
-                    protocol = "hls" if file.file.endswith("m3u8") else "dash"
-                    if (no := await self.refusal(request, file.key, protocol, headers)):
-                        return no
+                session: PlaySession | Response | None = None
+                if self.admission.tracked(file.key.app):
+                    session = await self.play_session(request, file.key, file.file, headers)
+                if isinstance(session, Response):
+                    return session  # refused or redirected
                 base = str(request.base_url).rstrip("/")
-                return await self.presentations.serve(file, request.query_params, headers, base)
+                if session is None:
+                    return await self.presentations.serve(file, request.query_params, headers,
+                                                          base)
+                session.active += 1  # a blocking reload may outlast play_timeout
+                try:
+                    response = await self.presentations.serve(file, request.query_params,
+                                                              headers, base)
+                finally:
+                    session.active -= 1
+                return _Counted(response, session, self.plays)
         host = request.headers.get("host")
         try:
             path = self.static_file(request.url.path, host)
@@ -233,7 +287,9 @@ class EgressApp:
         queue = ViewerQueue(route.cache_frames)
         viewer = route.viewer(queue, Framing.PLAIN, websocket=False)
         return await http_live(self.consumer, route.key, viewer, queue, kind=route.format.kind,
-                               media_type=route.format.content_type, headers=headers)
+                               media_type=route.format.content_type, headers=headers,
+                               on_end=self.play_done(route.key, "http-" + route.format.kind,
+                                                     request))
 
     async def websocket(self, websocket: WebSocket) -> None:
         route = self.live_route(websocket.url.path)
@@ -250,7 +306,8 @@ class EgressApp:
         queue = ViewerQueue(route.cache_frames)
         viewer = route.viewer(queue, Framing.PLAIN, websocket=True)
         await ws_live(self.consumer, route.key, viewer, queue, kind=route.format.kind,
-                      websocket=websocket)
+                      websocket=websocket,
+                      on_end=self.play_done(route.key, "ws-" + route.format.kind, websocket))
 
     async def rtmp_control(self, request: Request, prefix: str,
                            headers: dict[str, str]) -> Response:
@@ -350,3 +407,28 @@ class EgressApp:
             str(info.key): {**info.info, "viewers": viewers.get(str(info.key), {})}
             for info in self.consumer.directory.live(now)
         }, headers=self.cors_headers(request.headers.get("origin")))
+
+
+class _Counted(Response):
+    """A response whose body bytes are added to an HLS/DASH play's count as they go out."""
+
+    def __init__(self, inner: Response, session: PlaySession, plays: PlaySessions) -> None:
+        # Not Response.__init__: the inner response renders itself.
+        self.inner, self.session, self.plays = inner, session, plays
+        self.status_code = inner.status_code
+        self.background = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        session = self.session
+
+        async def counting(message: Message) -> None:
+            if message["type"] == "http.response.body":
+                session.bytes_count += len(message.get("body", b""))
+            await send(message)
+
+        session.active += 1  # a growing segment streams for up to a segment's duration
+        try:
+            await self.inner(scope, receive, counting)
+        finally:
+            session.active -= 1
+            self.plays.touch(session, trio.current_time())

@@ -100,6 +100,7 @@ async def serve_egress(cfg: Config, name: str, listener: socket.socket,
     server = EgressServer(cfg, consumer, flusher, publisher)
     async with trio.open_nursery() as nursery:
         server.app.hooks.nursery = nursery
+        nursery.start_soon(server.app.expire_plays)
         nursery.start_soon(subscriber.serve)
         nursery.start_soon(consumer.serve)
         nursery.start_soon(_report_viewers, name, publisher, consumer)

@@ -178,8 +178,10 @@ def make_media(path: Path, *, seconds: float, video: bool = True, audio: bool = 
 
 
 def publish(server: Server, media: Path, name: str = "sample", *,
-            extra: list[str] | None = None) -> subprocess.Popen[bytes]:
-    cmd = [FFMPEG, "-hide_banner", "-loglevel", "error", "-re", "-i", str(media),
+            extra: list[str] | None = None, loop: bool = False) -> subprocess.Popen[bytes]:
+    """ffmpeg publishing `media` in real time (over and over with `loop`)."""
+    cmd = [FFMPEG, "-hide_banner", "-loglevel", "error", "-re",
+           *(["-stream_loop", "-1"] if loop else []), "-i", str(media),
            "-c", "copy", *(extra or []), "-f", "flv", server.rtmp(name)]
     return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE)
 

@@ -189,6 +189,11 @@ def test_refused_publish_and_play(hooks: HookService, av_media: Path,
         hls = httpx.get(server.http("/live/cam/index.m3u8"), timeout=10)
         assert hls.status_code == 403
         assert hooks.got("on_play")[-1]["protocol"] == "hls"
+        # A player that skips the entry file is asked about all the same.
+        asked = len(hooks.got("on_play"))
+        assert httpx.get(server.http("/live/cam/v.m3u8"), timeout=10).status_code == 403
+        assert httpx.get(server.http("/live/cam/index.mpd"), timeout=10).status_code == 403
+        assert [c["protocol"] for c in hooks.got("on_play")[asked:]] == ["hls", "dash"]
         rtsp = subprocess.run([FFMPEG, "-hide_banner", "-rtsp_transport", "tcp", "-i",
                                server.rtsp("cam"), "-t", "1", "-f", "null", "-"],
                               capture_output=True, timeout=30)
@@ -403,5 +408,52 @@ def test_hook_options_set_the_session(hooks: HookService, short_av_media: Path,
                             "the stream")
         assert status["type"] == "record"
         wait_until(lambda: list(server.workdir.rglob("cam*.flv")), 10, "a recording")
+    finally:
+        kill(publisher)
+
+
+def test_hls_dash_and_kept_alive_plays_report_their_end(hooks: HookService, av_media: Path,
+                                                        tmp_path: Path,
+                                                        stop_after: list[Server]) -> None:
+    """An HLS or DASH play is asked about once and ends when its player stops fetching; a
+    play on a kept-alive HTTP connection (served by starlette, not the fast path) ends with
+    the connection."""
+    def tweak(doc: dict[str, Any]) -> None:
+        doc["rtmp"]["location"][0].update({e: [hooks.url(e)] for e in HOOKS})
+        doc["http"]["play_timeout"] = 5  # above the 2 s segments a player waits between
+    server = start_server(egress=1, tweak=tweak)
+    stop_after.append(server)
+    publisher = publish(server, av_media, "cam", loop=True)
+    try:
+        wait_until(lambda: server.stream_status("live/_definst_/cam"), 10, "the stream")
+        for protocol, entry in (("hls", "index.m3u8"), ("dash", "index.mpd")):
+            before = len(hooks.got("on_play_done"))
+            player = ffmpeg_record(server.http(f"/live/cam/{entry}?who=me"),
+                                   tmp_path / f"{protocol}.flv", seconds=3)
+            finish(player, 40)
+            assert len(media_report(tmp_path / f"{protocol}.flv").video) > 30
+            wait_until(lambda: len(hooks.got("on_play_done")) > before, 15,  # noqa: B023
+                       f"the {protocol} play's end")
+            done = hooks.got("on_play_done")[-1]
+            assert (done["protocol"], done["query"]) == (protocol, "who=me")
+            assert done["bytes"] > 100_000
+            assert 3 <= done["duration"] <= 30
+        # The players fetched dozens of files; each play was asked about once.
+        assert [c["protocol"] for c in hooks.got("on_play")] == ["hls", "dash"]
+
+        with httpx.Client(timeout=10) as client:
+            assert client.get(server.http("/api/streams")).status_code == 200
+            with client.stream("GET", server.http("/live/cam.flv?kept=1")) as response:
+                assert response.status_code == 200
+                got = 0
+                for chunk in response.iter_bytes():
+                    got += len(chunk)
+                    if got > 100_000:
+                        break
+        wait_until(lambda: any(c["query"] == "kept=1" for c in hooks.got("on_play_done")), 15,
+                   "the kept-alive play's end")
+        (kept,) = [c for c in hooks.got("on_play_done") if c["query"] == "kept=1"]
+        assert kept["protocol"] == "http-flv"
+        assert kept["bytes"] > 100_000
     finally:
         kill(publisher)
