@@ -36,7 +36,7 @@ browser-deps:
 
 test: $(STAMP) lint typecheck browser-deps
 	$(BIN)/python -m tests.tools
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q --durations=15
 
 clean:
 	rm -rf $(VENV) run var .mypy_cache .ruff_cache .pytest_cache .hypothesis
