@@ -22,7 +22,7 @@ import trio
 from bench import report, servers
 from bench.fanout import FanoutResult, Options, Session
 from bench.ingest import DEFAULT_LEVELS, IngestOptions, IngestResult, ingest_level
-from bench.media import ensure_media, load_media
+from bench.media import SMOKE_SECONDS, SMOKE_SIZE, ensure_media, load_media
 from bench.players import DEFAULT_PROTOCOLS, PROTOCOLS
 from bench.publisher import EncodedMedia
 from bench.rtmp import CHUNK_SIZE
@@ -71,7 +71,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--scaling-viewers", type=int, default=400)
     p.add_argument("--scaling-protocol", default="http-flv", type=_names)
     p.add_argument("--smoke", "--quick", action="store_true",
-                   help="5-second runs at N=1 and 10, rtmpmate only, no ingest or scaling")
+                   help="a small media, 1.5-second runs at N=1 and 10, rtmpmate only, no ingest "
+                        "or scaling")
     p.add_argument("--json", type=Path, help="write every figure to this file")
     p.add_argument("--markdown", nargs="?", const=Path("docs/benchmarks.md"), type=Path,
                    help="rewrite the latest results in this file (docs/benchmarks.md)")
@@ -81,8 +82,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="measure nothing: print (and --markdown) the results of an earlier --json")
     args = p.parse_args(argv)
     if args.smoke:
-        args.viewers, args.window, args.warmup, args.settle = list(SMOKE_VIEWERS), 5.0, 1.5, 0.5
-        args.join_spread = 0.5
+        args.viewers, args.window, args.warmup, args.settle = list(SMOKE_VIEWERS), 1.5, 1.0, 0.3
+        args.join_spread = 0.3
         args.no_nginx = args.no_ingest = args.no_scaling = True
     return args
 
@@ -98,7 +99,8 @@ class Bench:
         self.opts = Options(window_s=args.window, warmup_s=args.warmup, settle_s=args.settle,
                             sample=args.sample, read_interval_s=args.read_interval_ms / 1000,
                             join_spread_s=args.join_spread)
-        media = load_media(ensure_media(args.workdir))
+        media = load_media(ensure_media(args.workdir, SMOKE_SIZE, SMOKE_SECONDS) if args.smoke
+                           else ensure_media(args.workdir))
         self.encoded = EncodedMedia(media, CHUNK_SIZE)
         gc.freeze()  # the media lives to the end: keep the collector's passes short
         self.nginx_missing = servers.nginx_missing()

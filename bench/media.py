@@ -23,6 +23,8 @@ SIZE = "1280x720"
 VIDEO_KBPS = 2000
 AUDIO_KBPS = 128
 MEDIA_SECONDS = 60  # longer than a default run's publisher lifetime, so it rarely loops
+# The smoke's media: the same stream, smaller and shorter, so it encodes in a second or two.
+SMOKE_SIZE, SMOKE_SECONDS = "640x360", 6
 ENCODE_TIMEOUT_S = 600
 
 
@@ -52,21 +54,21 @@ class Media:
         return sum(t.flv_size for t in self.tags) * 8000 / self.duration_ms
 
 
-def media_path(workdir: Path) -> Path:
-    return workdir / f"testsrc2-{SIZE}-{FPS}fps-{VIDEO_KBPS}k-{MEDIA_SECONDS}s.flv"
+def media_path(workdir: Path, size: str = SIZE, seconds: int = MEDIA_SECONDS) -> Path:
+    return workdir / f"testsrc2-{size}-{FPS}fps-{VIDEO_KBPS}k-{seconds}s.flv"
 
 
-def ensure_media(workdir: Path) -> Path:
+def ensure_media(workdir: Path, size: str = SIZE, seconds: int = MEDIA_SECONDS) -> Path:
     """The cached test file, encoded first if it is not there yet (about 15 s on 2 cores)."""
-    path = media_path(workdir)
+    path = media_path(workdir, size, seconds)
     if path.exists():
         return path
     workdir.mkdir(parents=True, exist_ok=True)
     partial = path.with_suffix(".part.flv")
     cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y",
-           "-f", "lavfi", "-i", f"testsrc2=size={SIZE}:rate={FPS}",
+           "-f", "lavfi", "-i", f"testsrc2=size={size}:rate={FPS}",
            "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=44100",
-           "-t", str(MEDIA_SECONDS),
+           "-t", str(seconds),
            "-c:v", "libx264", "-preset", "veryfast", "-profile:v", "high", "-bf", "2",
            "-g", str(2 * FPS), "-keyint_min", str(2 * FPS), "-sc_threshold", "0",
            "-pix_fmt", "yuv420p", "-b:v", f"{VIDEO_KBPS}k", "-maxrate", f"{VIDEO_KBPS}k",

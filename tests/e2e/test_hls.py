@@ -49,6 +49,9 @@ def read_hls(url: str, seconds: float) -> dict[str, Any]:
     with av.open(url, timeout=30) as container:
         for s in container.streams:
             codecs[s.type] = s.codec_context.name
+        # An audio-only stream ends the read by its samples (there is no video clock).
+        audio_rate = (container.streams.audio[0].codec_context.sample_rate
+                      if "video" not in codecs and container.streams.audio else 0)
         for packet in container.demux():
             if packet.dts is None or packet.size == 0:
                 continue
@@ -61,6 +64,8 @@ def read_hls(url: str, seconds: float) -> dict[str, Any]:
             for frame in packet.decode():
                 if isinstance(frame, av.AudioFrame):
                     audio_samples += frame.samples
+            if audio_rate and audio_samples > seconds * audio_rate:
+                break
     return {"video": video, "audio_samples": audio_samples, "codecs": codecs}
 
 

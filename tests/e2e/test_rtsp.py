@@ -108,14 +108,16 @@ def test_ffmpeg_publishes_h264_aac_and_every_output_plays_it(
         status = wait_until(lambda: server.stream_status("live/_definst_/cam"), 10,
                             "the RTSP stream")
         assert status["protocol"] == "rtsp"
-        players = {
-            "rtmp": ffmpeg_record(server.rtmp("cam"), tmp_path / "rtmp.flv", seconds=WATCH_S),
-            "http": ffmpeg_record(server.http("/live/cam.flv"), tmp_path / "http.flv",
-                                  seconds=WATCH_S),
-        }
-        rtsp = rtsp_play(server.rtsp("cam"), WATCH_S)
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            # HLS first: its presentation starts on demand, the slowest start of all.
             hls = pool.submit(read_hls, playlist_url(server, stream="cam"), WATCH_S - 1)
+            players = {
+                "rtmp": ffmpeg_record(server.rtmp("cam"), tmp_path / "rtmp.flv",
+                                      seconds=WATCH_S),
+                "http": ffmpeg_record(server.http("/live/cam.flv"), tmp_path / "http.flv",
+                                      seconds=WATCH_S),
+            }
+            rtsp = rtsp_play(server.rtsp("cam"), WATCH_S)
             for proc in players.values():
                 finish(proc, 30)
             played = decoded(rtsp, 30)
@@ -159,12 +161,13 @@ def test_ffmpeg_publishes_h265_and_every_output_plays_it(
     seconds = 3
     try:
         wait_until(lambda: server.stream_status("live/_definst_/cam"), 10, "the RTSP stream")
-        rtsp = rtsp_play(server.rtsp("cam"), seconds)
-        recorders = [ffmpeg_record(server.http("/live/cam.flv"), tmp_path / "http.flv",
-                                   seconds=seconds),
-                     ffmpeg_record(server.rtmp("cam"), tmp_path / "rtmp.flv", seconds=seconds)]
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
             hls = pool.submit(read_hls, playlist_url(server, stream="cam"), seconds - 1)
+            rtsp = rtsp_play(server.rtsp("cam"), seconds)
+            recorders = [ffmpeg_record(server.http("/live/cam.flv"), tmp_path / "http.flv",
+                                       seconds=seconds),
+                         ffmpeg_record(server.rtmp("cam"), tmp_path / "rtmp.flv",
+                                       seconds=seconds)]
             played = decoded(rtsp, 30)
             for proc in recorders:
                 finish(proc, 30)
