@@ -25,7 +25,7 @@ logger = logging.getLogger(__name__)
 
 # pyzmq's constants are enum.Flag members, whose operators run in Python: the hot paths
 # (every packet) use their plain int values.
-_NOBLOCK, _EVENTS, _POLLIN = int(zmq.NOBLOCK), int(zmq.EVENTS), int(zmq.POLLIN)
+_NOBLOCK, _EVENTS, _POLLIN, _FD = int(zmq.NOBLOCK), int(zmq.EVENTS), int(zmq.POLLIN), int(zmq.FD)
 # Safety net against a missed edge: the owner re-checks ZMQ_EVENTS at least this often.
 EDGE_SAFETY_S = 0.5
 SNAPSHOT_TIMEOUT_S = 2.0
@@ -178,6 +178,7 @@ class BusSubscriber:
 
     async def serve(self) -> NoReturn:
         sock = self._sock
+        fd = cast("int", sock.get(_FD))  # sock.fileno() asks libzmq on every wait
         try:
             while True:
                 while cast("int", sock.get(_EVENTS)) & _POLLIN:
@@ -190,7 +191,7 @@ class BusSubscriber:
                 if self._on_drained is not None:
                     self._on_drained()
                 with trio.CancelScope() as self._wake, trio.move_on_after(EDGE_SAFETY_S):
-                    await trio.lowlevel.wait_readable(sock)
+                    await trio.lowlevel.wait_readable(fd)
         finally:
             close_socket(sock)
 
