@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import msgpack
 
@@ -107,19 +107,34 @@ def decode(frame: bytes, stream: StreamKey | None = None) -> WirePacket:
     if version != WIRE_VERSION:
         raise WireError(f"unsupported wire version {version}")
     try:
-        mark = Mark(mark)
+        mark = _member(_MARKS, mark, "Mark")
         if mark is not Mark.MEDIA:
             return WirePacket(stream, seq, session, mark, None)
         if timescale <= 0:
             raise WireError("timescale must be positive")
         packet = MediaPacket(
-            stream=stream, kind=TrackKind(kind), codec=Codec(codec), dts=dts, pts=pts,
+            stream=stream, kind=_member(_KINDS, kind, "TrackKind"),
+            codec=_member(_CODECS, codec, "Codec"), dts=dts, pts=pts,
             timescale=timescale, keyframe=bool(flags & _KEYFRAME),
             is_config=bool(flags & _CONFIG), payload=frame[end:],
         )
     except ValueError as exc:
         raise WireError(str(exc)) from exc
     return WirePacket(stream, seq, session, mark, packet)
+
+
+# Enum lookups by value: calling an Enum class costs a few microseconds per packet.
+_E = TypeVar("_E", Mark, TrackKind, Codec)
+_MARKS: dict[int, Mark] = {m.value: m for m in Mark}
+_KINDS: dict[int, TrackKind] = {k.value: k for k in TrackKind}
+_CODECS: dict[int, Codec] = {c.value: c for c in Codec}
+
+
+def _member(table: dict[int, _E], value: int, name: str) -> _E:
+    member = table.get(value)
+    if member is None:
+        raise WireError(f"{value} is not a valid {name}")
+    return member
 
 
 def encode_control(kind: str, body: dict[str, object]) -> bytes:

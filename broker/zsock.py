@@ -190,7 +190,9 @@ class BusSubscriber:
                         handler(frame)
                 if self._on_drained is not None:
                     self._on_drained()
-                with trio.CancelScope() as self._wake, trio.move_on_after(EDGE_SAFETY_S):
+                # One scope: a subscribe cancels it, and its deadline is the edge safety net.
+                deadline = trio.current_time() + EDGE_SAFETY_S
+                with trio.CancelScope(deadline=deadline) as self._wake:
                     await trio.lowlevel.wait_readable(fd)
         finally:
             close_socket(sock)

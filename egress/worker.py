@@ -66,13 +66,14 @@ class EgressServer:
         cors = self.app.cors_headers(head.headers.get("origin"))
         if isinstance(route, LiveRoute):
             upgrade = head.headers.get("upgrade", "").lower() == "websocket"
+            peer = peer_name(conn)
             refusal = await self.app.admit_play(
-                route, websocket=upgrade, peer=peer_name(conn), query=head.query, cors=cors)
+                route, websocket=upgrade, peer=peer, query=head.query, cors=cors)
             if refusal is not None:
                 conn.recv(head.size)
                 await send_short(conn, refusal)
                 return
-            await self.live.serve(conn, head, route, cors=cors, peer=peer_name(conn))
+            await self.live.serve(conn, head, route, cors=cors, peer=peer)
         else:
             conn.recv(head.size)
             await send_short(conn, http_response("404 Not Found", {"Connection": "close", **cors},
