@@ -33,7 +33,7 @@ from egress.presentations import Presentations, parse_path
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from starlette.requests import Request
+    from starlette.requests import HTTPConnection, Request
     from starlette.types import Message, Receive, Scope, Send
     from starlette.websockets import WebSocket
 
@@ -148,8 +148,7 @@ class EgressApp:
     async def refusal(self, request: Request, key: StreamKey, protocol: str,
                       headers: dict[str, str]) -> Response | None:
         """The 403 or 302 for a play over starlette (kept-alive connections, HLS, DASH)."""
-        client = request.client
-        peer = f"{client.host}:{client.port}" if client else "?"
+        peer = client_peer(request)
         decision = await self.play_decision(key, protocol, peer, request.url.query)
         if decision is None:
             return None
@@ -163,9 +162,7 @@ class EgressApp:
         """The HLS/DASH play this request belongs to; its first request is the one admitted
         (a player normally starts at index.m3u8 or index.mpd, but any file will do: a
         segment fetched without a play would bypass the check)."""
-        client = request.client
-        peer = f"{client.host}:{client.port}" if client else "?"
-        now = trio.current_time()
+        peer, now = client_peer(request), trio.current_time()
         session = self.plays.find(peer_address(peer), key, now)
         if session is not None:
             return session
@@ -177,10 +174,9 @@ class EgressApp:
         return session
 
     def play_done(self, key: StreamKey, protocol: str,
-                  conn: Request | WebSocket) -> Callable[[int], None]:
+                  conn: HTTPConnection) -> Callable[[int], None]:
         """What fires on_play_done when a live play over starlette ends."""
-        client, started = conn.client, time.time()
-        peer = f"{client.host}:{client.port}" if client else "?"
+        peer, started = client_peer(conn), time.time()
 
         def done(bytes_count: int) -> None:
             self.admission.done("play", app=key.app, key=key, protocol=protocol, peer=peer,
@@ -296,8 +292,7 @@ class EgressApp:
         if not isinstance(route, LiveRoute):
             await websocket.close(code=4404, reason="not found")
             return
-        client = websocket.client
-        peer = f"{client.host}:{client.port}" if client else "?"
+        peer = client_peer(websocket)
         decision = await self.play_decision(route.key, "ws-" + route.format.kind, peer,
                                             websocket.url.query)
         if decision is not None:
@@ -407,6 +402,12 @@ class EgressApp:
             str(info.key): {**info.info, "viewers": viewers.get(str(info.key), {})}
             for info in self.consumer.directory.live(now)
         }, headers=self.cors_headers(request.headers.get("origin")))
+
+
+def client_peer(conn: HTTPConnection) -> str:
+    """"host:port" of a starlette request's or WebSocket's client."""
+    client = conn.client
+    return f"{client.host}:{client.port}" if client else "?"
 
 
 class _Counted(Response):
