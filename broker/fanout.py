@@ -151,9 +151,11 @@ class Flusher:
             self.deferred[target] = trio.current_time()
 
     def flush(self) -> None:
-        dirty, self.dirty = self.dirty, set()
-        for target in dirty:
-            target.flush()
+        dirty = self.dirty
+        if dirty:
+            self.dirty = set()
+            for target in dirty:
+                target.flush()
         if self.deferred:
             now = trio.current_time()
             for target, since in list(self.deferred.items()):

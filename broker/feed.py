@@ -93,6 +93,7 @@ class FeedState:
         self.joining = True  # until apply_snapshot: buffer
         self.pending: list[WirePacket] = []
         self.needs_snapshot = False  # set when a session is seen mid-way without a snapshot
+        self.ended: int | None = None  # the last session that ended: late copies are stale
 
     def on_wire(self, wp: WirePacket) -> None:
         if self.joining:
@@ -129,8 +130,10 @@ class FeedState:
 
     def _apply(self, wp: WirePacket) -> None:
         if wp.session != self.session:
-            if wp.mark is Mark.END:
-                return  # the end of a session we never saw
+            if wp.mark is Mark.END or wp.session == self.ended:
+                # The end of a session we never saw, or a late copy of one that ended (an
+                # owner's local delivery overtakes the bus copies of a session's first frames).
+                return
             self.session = wp.session
             self.last_seq = -1
             self.sink.on_session()
@@ -146,7 +149,7 @@ class FeedState:
             self.sink.on_discontinuity()
         self.last_seq = wp.seq
         if wp.mark is Mark.END:
-            self.session = None
+            self.ended, self.session = self.session, None
             self.sink.on_end()
         elif wp.packet is not None:
             self.sink.on_packet(wp.packet)

@@ -98,12 +98,13 @@ class IngestWorker:
         self.cfg = cfg
         self.name = name
         frontend, backend = bus_endpoints(cfg.server.run_dir)
-        self.publisher = BusPublisher(ctx, frontend, hwm=cfg.bus.hwm)
-        self.snapshots = SnapshotServer(ctx, snapshot_endpoint(cfg.server.run_dir, name),
-                                        self.publisher)
         self.flusher = Flusher()
         self.subscriber = BusSubscriber(ctx, backend, hwm=cfg.bus.hwm,
                                         on_drained=self.flusher.flush)
+        # Players on this worker get its own publishers' streams without the bus round trip.
+        self.publisher = BusPublisher(ctx, frontend, hwm=cfg.bus.hwm, local=self.subscriber)
+        self.snapshots = SnapshotServer(ctx, snapshot_endpoint(cfg.server.run_dir, name),
+                                        self.publisher)
         encoder = ChunkEncoder(chunk_size=cfg.rtmp.chunk_size_bytes)
 
         def mux(pkt: MediaPacket, stream_id: Hashable) -> bytes:
@@ -146,16 +147,22 @@ class IngestWorker:
         return True
 
     def publish(self, pkt: MediaPacket) -> None:
+        """A publisher's packet; the caller calls `flush` once it has handled what it read."""
         stats = self.stats.get(pkt.stream)
         if stats is not None:
             stats.add(pkt)
             self.publisher.publish(pkt)
+
+    def flush(self) -> None:
+        """Send what `publish` queued for this worker's own players (BusPublisher local)."""
+        self.flusher.flush()
 
     def end_publish(self, key: StreamKey) -> None:
         if self.stats.pop(key, None) is None:
             return
         session = self.publisher.streams[key].session
         self.publisher.end_session(key)
+        self.flusher.flush()
         self.publisher.send_control("stream-end", {"key": str(key), "session": session})
 
     def _announce(self, key: StreamKey, info: dict[str, object]) -> None:

@@ -112,6 +112,7 @@ class RtmpConnectionHandler:
                     return
                 for ev in self.conn.receive_data(data):
                     self._on_event(ev, nursery)
+                self.worker.flush()  # what a publisher's media brought this worker's players
                 self.flush()
                 if self.conn.state is s.State.CLOSED:
                     return

@@ -140,6 +140,7 @@ class RtspConnectionHandler:
     def _handle(self, events: list[s.SessionEvent]) -> None:
         for ev in events:
             self._on_event(ev)
+        self.worker.flush()
 
     def _on_event(self, ev: s.SessionEvent) -> None:
         worker = self.worker

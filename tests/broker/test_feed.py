@@ -182,6 +182,18 @@ def test_end_mark_calls_on_end() -> None:
     assert sink.events == ["session", pkt(0), "end", "session", pkt(0)]
 
 
+def test_late_copies_of_an_ended_session_are_ignored() -> None:
+    """An owner delivers its own streams locally; copies of a session's first frames that the
+    bus carried before the owner's unsubscription took effect may arrive after its END."""
+    state, sink = started()
+    for wp in (media(0), media(1), end(2), media(0), media(1), end(2)):
+        state.on_wire(wp)
+    assert sink.events == ["session", pkt(0), pkt(1), "end"]
+    assert not state.needs_snapshot
+    state.on_wire(media(0, S2))
+    assert sink.events[-2:] == ["session", pkt(0)]
+
+
 def test_end_after_a_gap_reports_the_gap_first() -> None:
     state, sink = started()
     state.on_wire(media(0))
