@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import shutil
 import signal
 import socket
@@ -38,11 +39,38 @@ NGINX = "nginx"
 NGINX_RTMP_MODULE = Path("/usr/lib/nginx/modules/ngx_rtmp_module.so")
 
 
+LOWEST_PORT = 10000
+
+
+def _ephemeral_floor() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default
+
+
+def _port_candidates() -> Iterator[int]:
+    top = max(_ephemeral_floor(), LOWEST_PORT + 1000)
+    start = random.randrange(LOWEST_PORT, top)  # two runs at once rarely meet
+    yield from range(start, top)
+    yield from range(LOWEST_PORT, start)
+
+
+_CANDIDATES = _port_candidates()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        port: int = s.getsockname()[1]
-        return port
+    """A loopback port that is free now, below the kernel's ephemeral range: a port handed
+    out for bind(0) can become some client's source port before the server binds it (a test
+    failed that way with "Address already in use"). Each port is offered once per process."""
+    for port in _CANDIDATES:
+        with socket.socket() as s:
+            try:
+                s.bind((HOST, port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free loopback port left below the ephemeral range")
 
 
 def commit_of(source: Path) -> str | None:

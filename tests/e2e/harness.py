@@ -8,7 +8,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -20,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import imageio_ffmpeg
 import tomli_w
 
+from bench.servers import free_port as free_port  # loopback ports for servers and hooks
 from broker import flvpacket
 from broker.packet import StreamKey, TrackKind
 from control import ctlsock
@@ -33,13 +33,6 @@ if TYPE_CHECKING:
 FFMPEG: str = imageio_ffmpeg.get_ffmpeg_exe()
 REPO = Path(__file__).resolve().parents[2]
 START_TIMEOUT_S = 20.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def wait_until(predicate: Any, timeout_s: float, what: str, interval_s: float = 0.05) -> Any:
