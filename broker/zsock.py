@@ -120,41 +120,37 @@ class BusPublisher:
         stream.next_seq = seq + 1
         stream.cache.add(pkt)
         frame = wire.encode(pkt, seq=seq, session=stream.session)
-        held = stream.held
         if pkt.kind is TrackKind.AUDIO and stream.cache.has_video and not pkt.is_config:
             now = trio.current_time()
-            if not held:
+            if not stream.held:
                 stream.held_since = now
-            held.append(frame)
+            stream.held.append(frame)
             if now - stream.held_since < HOLD_AUDIO_S:
                 return
-        else:
-            held.append(frame)
-        stream.held = []
-        self._send_media(held)
+            frame = b""
+        self._release(stream)
+        if frame:
+            self._send_media(frame)
 
     def end_session(self, key: StreamKey) -> None:
         stream = self.streams.pop(key, None)
         if stream is not None:
-            stream.held.append(wire.encode_mark(key, wire.Mark.END, seq=stream.next_seq,
-                                                session=stream.session))
-            self._send_media(stream.held)
+            self._release(stream)
+            self._send_media(wire.encode_mark(key, wire.Mark.END, seq=stream.next_seq,
+                                              session=stream.session))
             if self._local is not None:
                 self._local.set_local(key.topic, False)  # the next publisher may be elsewhere
 
-    def _send_media(self, frames: list[bytes]) -> None:
-        """Frames of one stream as one ZeroMQ message (each frame a part, topic and all):
-        libzmq wakes its I/O thread, the proxy and each subscriber once per message, and
-        three single-part sends in a row (two held audio frames, a video frame) cost up to
-        three wake-ups in each of those threads."""
-        with contextlib.suppress(zmq.Again):  # PUB drops at its HWM; so does a full pipe
-            if len(frames) == 1:
-                self._sock.send(frames[0], _NOBLOCK)
-            else:
-                self._sock.send_multipart(frames, _NOBLOCK)
+    def _release(self, stream: PublishedStream) -> None:
+        if stream.held:
+            for held in stream.held:
+                self._send_media(held)
+            stream.held.clear()
+
+    def _send_media(self, frame: bytes) -> None:
+        self._send(frame)
         if self._local is not None:
-            for frame in frames:
-                self._local.deliver(frame)
+            self._local.deliver(frame)
 
     def send_control(self, kind: str, body: dict[str, object]) -> None:
         self._send(wire.encode_control(kind, body))
