@@ -128,29 +128,31 @@ class BusPublisher:
             if now - stream.held_since < HOLD_AUDIO_S:
                 return
             frame = b""
-        self._release(stream)
+        topic = pkt.stream.topic
+        self._release(stream, topic)
         if frame:
-            self._send_media(frame)
+            self._send_media(topic, frame)
 
     def end_session(self, key: StreamKey) -> None:
         stream = self.streams.pop(key, None)
         if stream is not None:
-            self._release(stream)
-            self._send_media(wire.encode_mark(key, wire.Mark.END, seq=stream.next_seq,
-                                              session=stream.session))
+            self._release(stream, key.topic)
+            self._send_media(key.topic, wire.encode_mark(key, wire.Mark.END,
+                                                         seq=stream.next_seq,
+                                                         session=stream.session))
             if self._local is not None:
                 self._local.set_local(key.topic, False)  # the next publisher may be elsewhere
 
-    def _release(self, stream: PublishedStream) -> None:
+    def _release(self, stream: PublishedStream, topic: bytes) -> None:
         if stream.held:
             for held in stream.held:
-                self._send_media(held)
+                self._send_media(topic, held)
             stream.held.clear()
 
-    def _send_media(self, frame: bytes) -> None:
+    def _send_media(self, topic: bytes, frame: bytes) -> None:
         self._send(frame)
         if self._local is not None:
-            self._local.deliver(frame)
+            self._local.deliver(topic, frame)
 
     def send_control(self, kind: str, body: dict[str, object]) -> None:
         self._send(wire.encode_control(kind, body))
@@ -205,10 +207,10 @@ class BusSubscriber:
         if topic in self._handlers:
             self._set_filter(zmq.UNSUBSCRIBE if local else zmq.SUBSCRIBE, topic)
 
-    def deliver(self, frame: bytes) -> None:
-        """A frame this process published: to its handlers, as if it came from the bus.
-        (The publisher's caller flushes, as `serve` does after a drain.)"""
-        handlers = self._handlers.get(wire.topic_of(frame))
+    def deliver(self, topic: bytes, frame: bytes) -> None:
+        """A frame this process published on `topic`: to its handlers, as if it came from
+        the bus. (The publisher's caller flushes, as `serve` does after a drain.)"""
+        handlers = self._handlers.get(topic)
         if handlers:
             for handler in tuple(handlers):
                 handler(frame)
