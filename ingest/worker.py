@@ -162,7 +162,7 @@ class IngestWorker:
             return
         session = self.publisher.streams[key].session
         self.publisher.end_session(key)
-        self.flusher.flush()
+        self.flush()
         self.publisher.send_control("stream-end", {"key": str(key), "session": session})
 
     def _announce(self, key: StreamKey, info: dict[str, object]) -> None:
