@@ -27,7 +27,7 @@ from broker.zsock import (
 from control.admission import Admission
 from control.hooks import Hooks
 from ingest.rtmp.chunk import ChunkEncoder
-from ingest.rtmp.server import RtmpConnectionHandler
+from ingest.rtmp.server import LazyReads, RtmpConnectionHandler
 from ingest.rtmp.session import media_message_bytes
 from ingest.rtsp.play import Packetizer, Player
 from ingest.rtsp.server import RtspConnectionHandler
@@ -99,6 +99,7 @@ class IngestWorker:
         self.name = name
         frontend, backend = bus_endpoints(cfg.server.run_dir)
         self.flusher = Flusher()
+        self.lazy_reads = LazyReads()  # publishers' sockets with SO_RCVLOWAT above 1
         self.subscriber = BusSubscriber(ctx, backend, hwm=cfg.bus.hwm,
                                         on_drained=self.flusher.flush)
         # Players on this worker get its own publishers' streams without the bus round trip.
@@ -222,6 +223,7 @@ class IngestWorker:
             await nursery.start(self.snapshots.serve)
             nursery.start_soon(self.consumer.serve)
             nursery.start_soon(self._announce_loop)
+            nursery.start_soon(self.lazy_reads.run)
             logger.info("%s serving RTMP on %s, RTSP on %s", self.name,
                         rtmp_sock.getsockname(), rtsp_sock.getsockname())
             srv = self.cfg.server

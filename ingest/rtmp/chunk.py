@@ -189,6 +189,11 @@ class ChunkDecoder:
             self._error = exc
             raise
 
+    @property
+    def pending(self) -> bool:
+        """Bytes of a chunk or message that is not complete yet are buffered."""
+        return self._pending()
+
     def _pending(self) -> bool:
         return self._pos < len(self._buf) or any(
             s.parts is not None for s in self._streams.values()

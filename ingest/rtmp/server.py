@@ -7,8 +7,10 @@ the socket. One writer per socket keeps RTMP messages whole and in order.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+import socket
 import time
 from typing import TYPE_CHECKING
 
@@ -20,10 +22,9 @@ from broker.sockets import ConnectionLog, peer_name, receive_some
 from control.admission import redirect_key
 from ingest.rtmp import session as s
 from ingest.rtmp.errors import RtmpProtocolError
+from ingest.rtmp.wakeups import MAX_WAIT_S
 
 if TYPE_CHECKING:
-    import socket
-
     from broker.packet import StreamKey
     from ingest.worker import IngestWorker
 
@@ -56,6 +57,41 @@ class _PlayHandler:
         return self.conn.data_to_send()
 
 
+class LazyReads:
+    """The publishers' sockets that wake their task only once several bytes are queued
+    (SO_RCVLOWAT above 1, see ingest.rtmp.wakeups).
+
+    Bytes under a socket's threshold stay unread until more come. So that they never stay
+    long (a publisher that paused after an audio frame, or one that stops and waits for the
+    answer to its deleteStream), this task lowers the threshold to 1 on every socket that has
+    not been read since its previous round; the kernel then wakes the socket's task at once
+    if anything is queued. One task per worker, awake only while such sockets exist.
+    """
+
+    def __init__(self) -> None:
+        self._handlers: dict[RtmpConnectionHandler, int] = {}  # -> reads at the last round
+        self._wake = trio.Event()
+
+    def add(self, handler: RtmpConnectionHandler) -> None:
+        self._handlers.setdefault(handler, -1)
+        self._wake.set()
+
+    def discard(self, handler: RtmpConnectionHandler) -> None:
+        self._handlers.pop(handler, None)
+
+    async def run(self) -> None:
+        while True:
+            if not self._handlers:
+                await self._wake.wait()
+                self._wake = trio.Event()
+            await trio.sleep(MAX_WAIT_S)
+            for handler, reads in list(self._handlers.items()):
+                if handler.reads == reads:
+                    handler.set_lowat(1)
+                else:
+                    self._handlers[handler] = handler.reads
+
+
 class RtmpConnectionHandler:
     def __init__(self, worker: IngestWorker, sock: socket.socket) -> None:
         self.worker = worker
@@ -67,6 +103,8 @@ class RtmpConnectionHandler:
         self.out = SocketQueue(sock, cfg.cache_frames, worker.flusher)
         self.play: tuple[int, trio.CancelScope] | None = None
         self.published: dict[StreamKey, tuple[str, float]] = {}  # query, start time
+        self.lowat = 1  # the socket's SO_RCVLOWAT
+        self.reads = 0  # waits for input so far (LazyReads tells a stalled one by it)
         self.scope = trio.CancelScope()
 
     async def run(self) -> None:
@@ -86,6 +124,7 @@ class RtmpConnectionHandler:
             # A bug, not bad input; it ends this connection only, never the worker's others.
             self.log.error("internal error; closing the connection", exc_info=group)
         finally:
+            self.worker.lazy_reads.discard(self)
             for ev in self.conn.close():
                 if isinstance(ev, s.PublishEnded):
                     self._end_publish(ev.key)
@@ -106,7 +145,7 @@ class RtmpConnectionHandler:
                 slack = DEADLINE_SLACK * timeout if timeout < math.inf else 0.0
                 if idle.deadline > deadline or idle.deadline < deadline - slack:
                     idle.deadline = deadline
-                data = await receive_some(self.sock, MAX_RECV)
+                data = await self._receive()
                 if not data:
                     self.log.info("closed by peer")
                     return
@@ -118,6 +157,25 @@ class RtmpConnectionHandler:
                     return
         if idle.cancelled_caught:
             raise trio.TooSlowError
+
+    async def _receive(self) -> bytes:
+        """The next bytes (b"" at EOF). A publisher's socket wakes us only once as many bytes
+        are queued as its session says are worth it (ingest.rtmp.wakeups): about once per
+        video frame instead of once per message."""
+        want = self.conn.wakeup_threshold()
+        if want != self.lowat:
+            self.set_lowat(want)
+        self.reads += 1
+        return await receive_some(self.sock, MAX_RECV)
+
+    def set_lowat(self, value: int) -> None:
+        with contextlib.suppress(OSError):  # closed meanwhile: nothing to wake
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, value)
+        self.lowat = value
+        if value > 1:
+            self.worker.lazy_reads.add(self)
+        else:
+            self.worker.lazy_reads.discard(self)
 
     def flush(self) -> None:
         if self.conn.has_output:

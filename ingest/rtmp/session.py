@@ -18,6 +18,7 @@ from ingest.rtmp import messages as m
 from ingest.rtmp.chunk import NEED_DATA, ChunkDecoder, ChunkEncoder, RtmpMessage
 from ingest.rtmp.errors import RtmpProtocolError
 from ingest.rtmp.handshake import ServerHandshake
+from ingest.rtmp.wakeups import WakeupThreshold
 from media import amf0
 from media.flv import FlvError
 
@@ -112,14 +113,16 @@ def stream_key(app: str, name: str) -> StreamKey:
 
 
 class _Published:
-    """Timestamp unwrapping for one published stream: 32-bit ms in, 64-bit ms out."""
+    """One published stream: timestamp unwrapping (32-bit ms in, 64-bit ms out), refused
+    tracks, and the media sizes that say how much input is worth a wake-up."""
 
-    __slots__ = ("key", "last", "refused")
+    __slots__ = ("key", "last", "refused", "wakeup")
 
     def __init__(self, key: StreamKey) -> None:
         self.key = key
         self.last: dict[int, tuple[int, int]] = {}  # type id -> (wire ts, unwrapped ts)
         self.refused: set[int] = set()
+        self.wakeup = WakeupThreshold()
 
     def unwrap(self, type_id: int, ts: int) -> int:
         prev = self.last.get(type_id)
@@ -190,6 +193,18 @@ class RtmpServerConnection:
             self._send(m.acknowledgement(self._bytes_in))
         return events
 
+    def wakeup_threshold(self) -> int:
+        """Received bytes worth a wake-up (SO_RCVLOWAT) now: 1, except while this connection
+        publishes one stream of audio and video and nothing is half received (see
+        ingest.rtmp.wakeups). It never holds back the read that an Acknowledgement is due at."""
+        if len(self.publishing) != 1 or self._decoder.pending:
+            return 1
+        pub = next(iter(self.publishing.values()))
+        want = pub.wakeup.threshold(self._decoder.chunk_size)
+        if self._ack_window and want > 1:
+            want = max(1, min(want, self._last_ack + self._ack_window - self._bytes_in))
+        return want
+
     def _handle(self, msg: RtmpMessage, events: list[SessionEvent]) -> None:
         t = msg.type_id
         if t in (m.MessageType.AUDIO, m.MessageType.VIDEO):
@@ -230,6 +245,11 @@ class RtmpServerConnection:
             raise RtmpProtocolError(f"bad media message: {exc}") from exc
         if pkt is not None:
             events.append(MediaReceived(pkt))
+            if not pkt.is_config:
+                if type_id == m.MessageType.VIDEO:
+                    pub.wakeup.on_video(len(body))
+                else:
+                    pub.wakeup.on_audio(len(body))
 
     def _aggregate(self, msg: RtmpMessage, events: list[SessionEvent]) -> None:
         """Aggregate messages (§7.1.6) hold FLV tags whose timestamps are relative to the first."""

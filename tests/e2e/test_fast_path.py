@@ -26,6 +26,7 @@ from ingest.rtmp import messages as m
 from media import amf0, flv
 from tests.e2e.harness import cleanup, publish, start_server, wait_until
 from tests.ingest.rtmp_client import RtmpTestClient
+from tests.ingest.test_session import aac_config, aac_frame, avc_config, avc_frame, nalu
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -476,3 +477,39 @@ def test_rtmp_play_after_stream_not_found(srv: Server, live: Live) -> None:
         client.play(second, live.name)
         rtmp_pump(sock, client, lambda: "NetStream.Play.Start" in client.status_codes(
             stream_id=second), "Play.Start of the second play")
+
+
+# -- RTMP publishers: reads that wait for several bytes ----------------------------------------
+
+def test_rtmp_publisher_is_answered_when_it_pauses_on_a_short_message(srv: Server) -> None:
+    """A publisher of audio and video wakes the server only once a video frame's worth of
+    bytes is queued (SO_RCVLOWAT, ingest.rtmp.wakeups); a short message after which it waits
+    (here deleteStream, whose answer it wants before closing) is still read, within a bound."""
+    name = f"lazy{next(_names)}"
+    with socket.create_connection(("127.0.0.1", srv.rtmp_port), timeout=IO_TIMEOUT_S) as sock:
+        client = RtmpTestClient()
+        txn = client.connect("live", f"rtmp://127.0.0.1:{srv.rtmp_port}/live")
+        rtmp_pump(sock, client, lambda: client.result(txn) is not None, "connect")
+        txn = client.create_stream()
+        rtmp_pump(sock, client, lambda: client.result(txn) is not None, "createStream")
+        client.publish(1, name)
+        rtmp_pump(sock, client, lambda: "NetStream.Publish.Start" in client.status_codes(
+            stream_id=1), "Publish.Start")
+        client.send_set_chunk_size(4096)
+        client.send_media(1, m.MessageType.VIDEO, 0, avc_config())
+        client.send_media(1, m.MessageType.AUDIO, 0, aac_config())
+        for i in range(40):  # what makes the server's estimate: 400-byte audio, 5 kB video
+            client.send_media(1, m.MessageType.AUDIO, 33 * i, aac_frame(bytes(398)))
+            client.send_media(1, m.MessageType.VIDEO, 33 * i,
+                              avc_frame(nalu(5 if i == 0 else 1, 5000), key=i == 0))
+            sock.sendall(client.data_to_send())
+            time.sleep(0.005)
+        wait_until(lambda: srv.stream_status(f"live/_definst_/{name}"), 10, f"{name} live")
+        client.send_media(1, m.MessageType.AUDIO, 33 * 40, aac_frame(bytes(398)))
+        sock.sendall(client.data_to_send())
+        time.sleep(0.1)
+        started = time.monotonic()
+        client.delete_stream(1)
+        rtmp_pump(sock, client, lambda: "NetStream.Unpublish.Success" in client.status_codes(
+            stream_id=1), "Unpublish.Success")
+        assert time.monotonic() - started < 2.0
