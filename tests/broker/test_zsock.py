@@ -157,6 +157,50 @@ async def test_subscribed_topic_receives_packets_in_order_with_consecutive_seq(
     assert stream not in pub.streams
 
 
+async def test_a_handler_may_subscribe_while_the_subscriber_drains(
+        ctx: Context, bus: Bus) -> None:
+    """Subscribing from a handler (a viewer of one stream starts watching another) must not
+    start a drain inside the drain: frames stay in order and none is handled twice."""
+    first, second = key("drain-first"), key("drain-second")
+    pub = BusPublisher(ctx, bus.frontend, hwm=HWM)
+    drained = 0
+
+    def on_drained() -> None:
+        nonlocal drained
+        drained += 1
+
+    sub = BusSubscriber(ctx, bus.backend, hwm=HWM, on_drained=on_drained)
+    collector, later = Collector(), Collector()
+
+    def subscribing(frame: bytes) -> None:
+        if not collector.got:
+            sub.subscribe(second.topic, later)
+        collector(frame)
+
+    sub.subscribe(first.topic, subscribing)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(sub.serve)
+        await sync_subscriptions(pub, sub)
+        pub.start_session(first)
+        sent = av_stream(first, range(20))
+        for p in sent:
+            pub.publish(p)
+        pub.end_session(first)
+        with trio.fail_after(WAIT_S):
+            await collector.ended.wait()
+        await sync_subscriptions(pub, sub)
+        pub.start_session(second)
+        pub.end_session(second)
+        with trio.fail_after(WAIT_S):
+            await later.ended.wait()
+        nursery.cancel_scope.cancel()
+    pub.close()
+    assert [wp.packet for wp in collector.got[:-1]] == sent
+    assert [wp.seq for wp in collector.got] == list(range(len(sent) + 1))
+    assert [wp.mark for wp in later.got] == [wire.Mark.END]
+    assert drained >= 2
+
+
 async def test_unsubscribed_topic_receives_nothing(ctx: Context, bus: Bus) -> None:
     wanted, other = key("wanted"), key("other")
     pub = BusPublisher(ctx, bus.frontend, hwm=HWM)
