@@ -183,12 +183,14 @@ class Bench:
 
     def scaling(self) -> dict[str, Any] | None:
         protocol = self.args.scaling_protocol[0]
-        runs = [self.session(report.RTMPMATE, [(protocol, self.args.scaling_viewers)],
-                             egress=k)[0] for k in (1, 2)]
+        n = self.args.scaling_viewers
+        # The last run: one worker with one viewer, what a worker pays for the stream itself.
+        runs = [self.session(report.RTMPMATE, [(protocol, viewers)], egress=k)[0]
+                for k, viewers in ((1, n), (2, n), (1, 1))]
         if any(r.status != "ok" for r in runs):
             return {"note": "a scaling run failed", "runs": [dataclasses.asdict(r) for r in runs]}
-        one, two = (dataclasses.asdict(r) for r in runs)
-        return {**report.scaling_summary(one, two), "runs": [one, two]}
+        one, two, alone = (dataclasses.asdict(r) for r in runs)
+        return {**report.scaling_summary(one, two, alone), "runs": [one, two, alone]}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -77,6 +77,9 @@ class ServerConfig:
     max_streams: int = 1024  # live streams on the bus; another publish is refused
     # Time a new client has for the RTMP handshake, its first RTSP request or its HTTP head.
     handshake_timeout_s: float = 10.0
+    # True: TCP_NODELAY on players' sockets all along. False (nginx-rtmp's and SRS's way):
+    # once a player's start (headers, GOP) is out, its media goes with Nagle's algorithm.
+    tcp_nodelay: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -461,6 +464,7 @@ def _server(t: _Table) -> ServerConfig:
         max_connections_per_ip=t.integer("max_connections_per_ip", 4096, lo=1),
         max_streams=t.integer("max_streams", 1024, lo=1),
         handshake_timeout_s=t.seconds("handshake_timeout", 10.0),
+        tcp_nodelay=t.boolean("tcp_nodelay", False),
     )
 
 

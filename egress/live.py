@@ -94,10 +94,11 @@ def http_response(status: str, headers: dict[str, str], body: bytes = b"") -> by
 
 class LiveStreams:
     def __init__(self, consumer: Consumer, flusher: Flusher,
-                 admission: Admission | None = None) -> None:
+                 admission: Admission | None = None, *, nagle: bool = False) -> None:
         self.consumer = consumer
         self.flusher = flusher
         self.admission = admission  # fires on_play_done
+        self.nagle = nagle  # players' media with Nagle's algorithm once started (SocketQueue)
 
     async def serve(self, sock: socket.socket, head: RequestHead, route: LiveRoute, *,
                     cors: dict[str, str], peer: str = "?") -> None:
@@ -119,7 +120,7 @@ class LiveStreams:
             start = http_response("200 OK", {
                 "Content-Type": route.format.content_type, "Transfer-Encoding": "chunked",
                 "Cache-Control": "no-cache", "Connection": "close", **cors})
-        queue = SocketQueue(sock, route.cache_frames, self.flusher)
+        queue = SocketQueue(sock, route.cache_frames, self.flusher, nagle=self.nagle)
         queue.preload(start)  # goes out with the first media, or not at all if 404
         viewer = route.viewer(queue, framing, websocket=upgrade)
         if head.method == "HEAD" and not upgrade:

@@ -39,7 +39,8 @@ class EgressServer:
     def __init__(self, cfg: Config, consumer: Consumer, flusher: Flusher,
                  publisher: BusPublisher) -> None:
         self.app = EgressApp(cfg, consumer, publisher.send_control)
-        self.live = LiveStreams(consumer, flusher, self.app.admission)
+        self.live = LiveStreams(consumer, flusher, self.app.admission,
+                                nagle=not cfg.server.tcp_nodelay)
         self.handshake_timeout_s = cfg.server.handshake_timeout_s
         hc = HypercornConfig()
         hc.keep_alive_timeout = cfg.http.idle_timeout_s

@@ -100,7 +100,8 @@ class RtmpConnectionHandler:
         self.log = ConnectionLog(logger, "rtmp", self.peer)
         cfg = worker.cfg.rtmp
         self.conn = s.RtmpServerConnection(chunk_size=cfg.chunk_size_bytes)
-        self.out = SocketQueue(sock, cfg.cache_frames, worker.flusher)
+        self.out = SocketQueue(sock, cfg.cache_frames, worker.flusher,
+                               nagle=not worker.cfg.server.tcp_nodelay)
         self.play: tuple[int, trio.CancelScope] | None = None
         self.published: dict[StreamKey, tuple[str, float]] = {}  # query, start time
         self.lowat = 1  # the socket's SO_RCVLOWAT

@@ -70,7 +70,8 @@ class RtspConnectionHandler:
         self.conn = s.RtspServerConnection(
             session_id=secrets.token_hex(8), random32=lambda: secrets.randbits(32),
             packetizer=worker.rtsp_packetizer, host=local)
-        self.out = SocketQueue(sock, PLAYER_QUEUE_ITEMS, worker.flusher)
+        self.out = SocketQueue(sock, PLAYER_QUEUE_ITEMS, worker.flusher,
+                               nagle=not worker.cfg.server.tcp_nodelay)
         self.viewer: tuple[StreamKey, Viewer, trio.CancelScope] | None = None
         self.nursery: trio.Nursery | None = None
         self.published: tuple[str, float] | None = None  # query, start time

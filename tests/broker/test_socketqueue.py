@@ -10,6 +10,7 @@ import errno
 import itertools
 import socket
 import struct
+import time
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -661,3 +662,28 @@ def test_deliver_after_close_or_an_error_sends_nothing(
     assert isinstance(q2.error, BrokenPipeError)
     q2.deliver([b"more"], [fanout.SYNC], 4)
     assert sender.calls == ["send"]
+
+
+# -- Nagle's algorithm once the start is out ---------------------------------------------------
+
+@pytest.mark.parametrize("nagle", [True, False])
+def test_nagle_from_the_first_media_batch_after_the_start(nagle: bool) -> None:
+    sender, receiver = make_pair(tcp=True)
+    with sender, receiver:
+        sender.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # as servers accept
+        flusher = Flusher()
+        q = SocketQueue(sender, 8, flusher, nagle=nagle)
+        q.push_control(b"start")
+        q.push_control(b"-more")
+        assert sender.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+        q.deliver([b"video", b"audio"], [fanout.SYNC, fanout.PLAIN], 10)
+        # With Nagle, the queued start went first, in its own write, before the switch.
+        assert sender.calls == (["sendmsg", "sendmsg"] if nagle else ["sendmsg"])
+        assert bool(sender.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)) is not nagle
+        received = bytearray()
+        for _ in range(200):
+            received += read_now(receiver)
+            if len(received) == 20:
+                break
+            time.sleep(0.01)
+        assert bytes(received) == b"start-morevideoaudio"

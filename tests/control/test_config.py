@@ -242,6 +242,13 @@ def test_integer_is_a_fine_number_but_bool_is_not() -> None:
         parse_config({"rtsp": {"timeout": 0}})
 
 
+def test_tcp_nodelay_is_off_unless_asked() -> None:
+    assert parse_config({}).server.tcp_nodelay is False
+    assert parse_config({"server": {"tcp_nodelay": True}}).server.tcp_nodelay is True
+    with pytest.raises(ConfigError, match=r"server.tcp_nodelay"):
+        parse_config({"server": {"tcp_nodelay": 1}})
+
+
 def test_chunk_size_below_the_seed_minimum_is_clamped() -> None:
     assert parse_config({"rtmp": {"chunk_size": 100}}).rtmp.chunk_size_bytes == 128
     assert parse_config({"rtmp": {"chunk_size": MAX_CHUNK_SIZE}}).rtmp.chunk_size_bytes == (
