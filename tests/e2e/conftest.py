@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import os
 import shutil
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from tests.e2e import harness
 from tests.e2e.harness import REPO, Server, cleanup, make_media, start_server
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Generator, Iterator
     from pathlib import Path
 
 # What each marker's tests need beyond the Python packages; `tests/tools.py` says the same.
@@ -42,6 +43,27 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             items[:] = keep
             print(f"\nNOT RUN: {len(dropped)} {marker} tests; missing: {', '.join(missing)}. "
                   "See .ci/run for how to install them.")
+
+
+@pytest.fixture(autouse=True)
+def _server_logs() -> None:
+    harness.CLEANED_LOGS.clear()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item,
+                              call: pytest.CallInfo[None]) -> Generator[None, Any, None]:
+    """A failing test reports the tail of every rtmpmate log it made: the run directory is gone
+    by the time anyone reads the report."""
+    outcome = yield
+    report: pytest.TestReport = outcome.get_result()
+    if report.when != "call" or not report.failed:
+        return
+    logs = dict(harness.CLEANED_LOGS)
+    logs.update((s.workdir.name, s.log_tail()) for s in harness.STARTED)
+    for name, tail in logs.items():
+        report.sections.append((f"rtmpmate log {name} (last {harness.LOG_TAIL_LINES} lines)",
+                                tail))
 
 
 @pytest.fixture(scope="session")

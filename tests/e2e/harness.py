@@ -33,6 +33,12 @@ if TYPE_CHECKING:
 FFMPEG: str = imageio_ffmpeg.get_ffmpeg_exe()
 REPO = Path(__file__).resolve().parents[2]
 START_TIMEOUT_S = 20.0
+LOG_TAIL_LINES = 120
+
+# Servers running, and the log tails of those the running test cleaned up: a failing test's
+# report shows them (conftest.py), since cleanup removes the run directory.
+STARTED: list[Server] = []
+CLEANED_LOGS: dict[str, str] = {}
 
 
 def wait_until(predicate: Any, timeout_s: float, what: str, interval_s: float = 0.05) -> Any:
@@ -96,6 +102,12 @@ class Server:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    def log_tail(self, lines: int = LOG_TAIL_LINES) -> str:
+        try:
+            return "\n".join(self.log().splitlines()[-lines:])
+        except OSError as exc:
+            return f"(no log: {exc})"
+
     def stop(self) -> int | None:
         if self.proc is None or self.proc.poll() is not None:
             return self.proc.returncode if self.proc else None
@@ -136,6 +148,7 @@ def start_server(*, ingest: int = 1, egress: int = 2, tweak: Any = None,
             [sys.executable, "-m", "control.supervisor", "--config", str(config_path)],
             cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             env={**os.environ, **(env or {})})
+    STARTED.append(server)
     try:
         wait_until(server.ready, START_TIMEOUT_S, "rtmpmate to start")
     except TimeoutError:
@@ -146,6 +159,9 @@ def start_server(*, ingest: int = 1, egress: int = 2, tweak: Any = None,
 
 def cleanup(server: Server) -> None:
     server.stop()
+    if server in STARTED:
+        CLEANED_LOGS[server.workdir.name] = server.log_tail()
+        STARTED.remove(server)
     shutil.rmtree(server.workdir, ignore_errors=True)
 
 
