@@ -17,6 +17,8 @@ import trio
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
+    from broker.handoff import Handoff
+
 logger = logging.getLogger(__name__)
 
 ACCEPT_ERROR_PAUSE_S = 0.1  # out of file descriptors: let connections close, then go on
@@ -72,9 +74,12 @@ class ConnectionLimits:
 
 async def serve_accept(listener: socket.socket,
                        handler: Callable[[socket.socket], Awaitable[None]],
-                       limits: ConnectionLimits | None = None) -> None:
+                       limits: ConnectionLimits | None = None,
+                       handoff: Handoff | None = None) -> None:
     """Accept forever, one task per connection; the handler owns (and closes) the socket.
-    Over a limit, a new connection is closed at once; those open are not touched."""
+    Over a limit, a new connection is closed at once; those open are not touched. With a
+    handoff, a connection goes to a less busy worker of the group before anything is read,
+    and the connections other workers hand here are served like accepted ones."""
 
     async def run(conn: socket.socket, address: str) -> None:
         try:
@@ -83,8 +88,34 @@ async def serve_accept(listener: socket.socket,
             conn.close()
             if limits is not None:
                 limits.release(address)
+            if handoff is not None:
+                handoff.closed()
+
+    def serve(conn: socket.socket, peer: object) -> None:
+        address = peer[0] if isinstance(peer, tuple) else str(peer)
+        if limits is not None and (why := limits.admit(address)) is not None:
+            logger.warning("refused a connection from %s: %s", address, why)
+            conn.close()
+            return
+        conn.setblocking(False)
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if handoff is not None:
+            handoff.opened()  # now, not when the task starts: a burst is accepted in one go
+        nursery.start_soon(run, conn, address)
+
+    async def take_handed(handoff: Handoff) -> None:
+        while True:
+            for conn in await handoff.receive():
+                try:
+                    peer = conn.getpeername()
+                except OSError:  # it left on the way
+                    conn.close()
+                    continue
+                serve(conn, peer)
 
     async with trio.open_nursery() as nursery:
+        if handoff is not None:
+            nursery.start_soon(take_handed, handoff)
         while True:
             await trio.lowlevel.wait_readable(listener)
             while True:  # several workers share the socket: another may win the race
@@ -98,14 +129,10 @@ async def serve_accept(listener: socket.socket,
                     logger.warning("accept failed: %s", exc)
                     await trio.sleep(ACCEPT_ERROR_PAUSE_S)
                     break
-                address = peer[0] if isinstance(peer, tuple) else str(peer)
-                if limits is not None and (why := limits.admit(address)) is not None:
-                    logger.warning("refused a connection from %s: %s", address, why)
+                if handoff is not None and handoff.hand_off(conn):
                     conn.close()
                     continue
-                conn.setblocking(False)
-                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                nursery.start_soon(run, conn, address)
+                serve(conn, peer)
 
 
 async def receive_some(sock: socket.socket, max_bytes: int) -> bytes:

@@ -27,11 +27,17 @@ def _bitrate(bps: float) -> str:
     return f"{bps / 1e6:.2f} Mbit/s" if bps >= 1e6 else f"{bps / 1e3:.0f} kbit/s"
 
 
+def _count(n: int | None) -> str:
+    return "-" if n is None else str(n)
+
+
 def format_status(status: dict[str, Any]) -> str:
     lines = [f"rtmpmate up {_duration(status['uptime'])}", "",
-             f"{'WORKER':<12} {'ROLE':<8} {'PID':>8} {'UPTIME':>9} {'RESTARTS':>8}"]
+             f"{'WORKER':<12} {'ROLE':<8} {'PID':>8} {'UPTIME':>9} {'RESTARTS':>8} "
+             f"{'CONNECTIONS':>11}"]
     lines += [f"{w['name']:<12} {w['role']:<8} {w['pid'] or '-':>8} "
-              f"{_duration(w['uptime']):>9} {w['restarts']:>8}" for w in status["workers"]]
+              f"{_duration(w['uptime']):>9} {w['restarts']:>8} "
+              f"{_count(w.get('connections')):>11}" for w in status["workers"]]
     lines.append("")
     streams = status["streams"]
     if not streams:

@@ -26,6 +26,7 @@ import zmq
 from broker import wire
 from broker.calls import BusCalls, CallTimeout
 from broker.feed import ANNOUNCE_EXPIRY_S, StreamDirectory
+from broker.handoff import create_table, read_open
 from broker.zsock import BusPublisher, BusSubscriber, bus_endpoints
 from control import ctlsock
 from control.config import Config, ConfigError, Listen, load_raw, parse_config
@@ -98,6 +99,7 @@ class Worker:
     name: str
     listeners: list[Listener] = field(default_factory=list)  # inherited, in this order
     group: int = 1  # how many workers share each port
+    index: int = 0  # this one's place in the group
     pid: int | None = None
     started: float = 0.0
     restarts: int = 0
@@ -130,8 +132,11 @@ class Supervisor:
             self.workers += [
                 Worker(role, f"{role}-{i}",
                        [Listener(b, group[i]) for b, group in zip(bound, groups, strict=True)],
-                       len(groups[0]))
+                       len(groups[0]), i)
                 for i in range(len(groups[0]))]
+            if role == "egress" and len(groups[0]) > 1:
+                # The egress workers even out their connections (broker/handoff.py).
+                create_table(self.cfg.server.run_dir, role, len(groups[0]))
         self.workers.append(Worker("dvr", "dvr"))  # recordings and HLS/DASH presentations
 
     async def run_worker(self, worker: Worker) -> None:
@@ -142,6 +147,8 @@ class Supervisor:
             fds = [listener.sock.fileno() for listener in worker.listeners]
             for fd in fds:
                 cmd += ["--fd", str(fd)]
+            if worker.group > 1:
+                cmd += ["--group", f"{worker.index}/{worker.group}"]
             proc = await trio.lowlevel.open_process(cmd, stdin=subprocess.PIPE, pass_fds=fds)
             worker.process, worker.pid = proc, proc.pid
             assert proc.stdin is not None
@@ -214,9 +221,15 @@ class Supervisor:
                 total = viewers.setdefault(key, {})
                 for proto, n in counts.items():
                     total[proto] = total.get(proto, 0) + n
+        held: dict[str, int] = {}  # connections per worker, where its group counts them
+        group = [w for w in self.workers if w.role == "egress" and w.group > 1]
+        if group:
+            numbers = read_open(self.cfg.server.run_dir, "egress", len(group)) or []
+            held.update((w.name, n) for w, n in zip(group, numbers, strict=False))
         return {
             "uptime": wall - self.started,
             "workers": [{"role": w.role, "name": w.name, "pid": w.pid,
+                         "connections": held.get(w.name),
                          "uptime": wall - w.started if w.pid else 0.0,
                          "restarts": w.restarts,
                          # Workers report on the bus every second: proof they are up and wired.

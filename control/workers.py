@@ -1,4 +1,5 @@
-"""Worker process entry point: `python -m control.workers ROLE --name N [--fd F ...]`.
+"""Worker process entry point: `python -m control.workers ROLE --name N [--fd F ...]
+[--group I/N]` (the worker's place in its port group).
 
 The supervisor starts every worker this way and writes the validated configuration (the raw
 TOML mapping, as JSON) to its standard input: only the supervisor reads the config file.
@@ -42,11 +43,17 @@ def setup_logging(level: str, name: str) -> None:
                         format=f"{name} %(levelname)s %(name)s: %(message)s")
 
 
+def _group(text: str) -> tuple[int, int]:
+    index, _, size = text.partition("/")
+    return int(index), int(size)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="rtmpmate-worker")
     parser.add_argument("role", choices=["broker", "ingest", "egress", "dvr"])
     parser.add_argument("--name", required=True)
     parser.add_argument("--fd", type=int, action="append", default=[])
+    parser.add_argument("--group", type=_group, default=(0, 1))
     args = parser.parse_args(argv)
     _die_with_parent()
     # Ctrl-C in a terminal reaches the whole process group: the supervisor alone handles it.
@@ -75,7 +82,7 @@ def main(argv: list[str] | None = None) -> None:
     else:
         from egress.worker import run_egress_worker
 
-        run_egress_worker(cfg, args.name, args.fd[0])
+        run_egress_worker(cfg, args.name, args.fd[0], group=args.group)
 
 
 if __name__ == "__main__":

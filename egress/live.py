@@ -69,8 +69,9 @@ def parse_head(data: bytes) -> RequestHead | None:
 
 
 async def peek_head(sock: socket.socket, timeout_s: float) -> RequestHead | None:
-    """Look at the request head without consuming it, so hypercorn can still read it.
-    Raises trio.TooSlowError if it is not all there within timeout_s."""
+    """Look at the request head without consuming it, so hypercorn can still read it; None
+    if it is not one we read (hypercorn answers it). Raises trio.TooSlowError if it is not
+    all there within timeout_s, EOFError if the client left before sending a byte."""
     with trio.fail_after(timeout_s):
         while True:
             await trio.lowlevel.wait_readable(sock)
@@ -78,9 +79,11 @@ async def peek_head(sock: socket.socket, timeout_s: float) -> RequestHead | None
                 data = sock.recv(MAX_HEAD_BYTES, socket.MSG_PEEK)
             except BlockingIOError:
                 continue
-            except OSError:
-                return None
-            if not data or b"\r\n\r\n" in data or len(data) >= MAX_HEAD_BYTES:
+            except OSError as exc:
+                raise EOFError(str(exc)) from exc
+            if not data:
+                raise EOFError("closed before a request")
+            if b"\r\n\r\n" in data or len(data) >= MAX_HEAD_BYTES:
                 return parse_head(data)
             await trio.sleep(PEEK_RETRY_S)
 

@@ -1,5 +1,8 @@
 """The egress worker process: HTTP and WebSocket on the inherited listening socket.
 
+Egress workers share the HTTP port (SO_REUSEPORT); one that holds more connections than
+another hands a new one over before reading it (broker/handoff.py), so the group fills evenly.
+
 It accepts connections itself: a live FLV request takes the fast path (egress/live.py); every
 other connection is handed, untouched, to hypercorn's HTTP server running the starlette app.
 """
@@ -21,6 +24,7 @@ from hypercorn.trio.worker_context import WorkerContext
 from broker.consumer import Consumer
 from broker.fanout import Flusher
 from broker.feed import ANNOUNCE_INTERVAL_S
+from broker.handoff import Handoff
 from broker.hub import StreamHub
 from broker.sockets import ConnectionLimits, peer_name, send_short, serve_accept
 from broker.zsock import BusPublisher, BusSubscriber, bus_endpoints
@@ -57,6 +61,8 @@ class EgressServer:
             logger.info("closed %s: no request head within %.0f s", peer_name(conn),
                         self.handshake_timeout_s)
             return
+        except EOFError:
+            return  # it left without asking anything: nothing to answer
         live = head is not None and head.method in ("GET", "HEAD")
         route = (self.app.live_route(head.path, head.headers.get("host"))
                  if head is not None and live else None)
@@ -90,7 +96,8 @@ async def _report_viewers(name: str, publisher: BusPublisher, consumer: Consumer
 
 
 async def serve_egress(cfg: Config, name: str, listener: socket.socket,
-                       ctx: zmq.Context[zmq.Socket[bytes]]) -> None:
+                       ctx: zmq.Context[zmq.Socket[bytes]], handoff: Handoff | None = None
+                       ) -> None:
     frontend, backend = bus_endpoints(cfg.server.run_dir)
     flusher = Flusher()
     subscriber = BusSubscriber(ctx, backend, hwm=cfg.bus.hwm, on_drained=flusher.flush)
@@ -108,14 +115,19 @@ async def serve_egress(cfg: Config, name: str, listener: socket.socket,
         nursery.start_soon(_report_viewers, name, publisher, consumer)
         logger.info("%s serving HTTP on %s", name, listener.getsockname())
         await serve_accept(listener, server.handle, ConnectionLimits(
-            cfg.server.max_connections, cfg.server.max_connections_per_ip))
+            cfg.server.max_connections, cfg.server.max_connections_per_ip), handoff)
 
 
-def run_egress_worker(cfg: Config, name: str, http_fd: int) -> None:
+def run_egress_worker(cfg: Config, name: str, http_fd: int,
+                      group: tuple[int, int] = (0, 1)) -> None:
     ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
     listener = socket.socket(fileno=http_fd)
     listener.setblocking(False)
+    index, size = group
+    handoff = Handoff(cfg.server.run_dir, "egress", size, index) if size > 1 else None
     try:
-        trio.run(serve_egress, cfg, name, listener, ctx)
+        trio.run(serve_egress, cfg, name, listener, ctx, handoff)
     finally:
         ctx.destroy(linger=0)
+        if handoff is not None:
+            handoff.close()

@@ -63,6 +63,33 @@ def test_ctl_status_shows_workers_and_streams(server: Server, av_media: Path) ->
     publisher.communicate()
 
 
+def test_egress_workers_share_connections_evenly(server: Server) -> None:
+    """The kernel's SO_REUSEPORT hash splits 300 connections 150 +- 9 (one sigma); the
+    workers hand connections over until they hold within two of each other. Each connection
+    is served whole by the worker it ends up with, and counted out when it closes."""
+    clients = [socket.create_connection(("127.0.0.1", server.http_port), timeout=10)
+               for _ in range(300)]
+    try:
+        def held() -> list[int]:
+            return [w["connections"] for w in server.status()["workers"]
+                    if w["role"] == "egress"]
+
+        wait_until(lambda: sum(held()) == 300, 10, "every connection counted")
+        first, second = held()
+        assert abs(first - second) <= 2, (first, second)
+        out = ctl("--config", str(server.config_path), "status")
+        assert "CONNECTIONS" in out.stdout
+        assert f" {first}\n" in out.stdout
+        for sock in clients[:10]:  # a request, whichever worker holds it
+            sock.sendall(b"GET /api/streams HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        for sock in clients[:10]:
+            assert sock.recv(4096).startswith(b"HTTP/1.1 200")
+    finally:
+        for sock in clients:
+            sock.close()
+    wait_until(lambda: sum(held()) == 0, 10, "closed connections counted out")
+
+
 def test_ctl_status_when_not_running(tmp_path: Path) -> None:
     cfg = tmp_path / "c.toml"
     cfg.write_text(f'[server]\nrun_dir = "{tmp_path}/run"\n')

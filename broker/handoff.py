@@ -1,0 +1,109 @@
+"""Accepted connections passed between the workers of a port group, to even out their counts.
+
+The decision is broker/balance.py's; this shell maps the group's table (a file the supervisor
+creates in the run directory) and passes sockets with SCM_RIGHTS over Unix datagram sockets,
+one bound per worker. A hand-over that cannot happen at once (the other worker's queue is full,
+or it is restarting) keeps the connection here: balance is a preference, never a wait.
+"""
+
+from __future__ import annotations
+
+import array
+import contextlib
+import logging
+import mmap
+import os
+import socket
+
+import trio
+
+from broker.balance import LoadTable, table_size
+
+logger = logging.getLogger(__name__)
+
+RECEIVE_BATCH = 64  # connections taken per wake-up at most; then the others get a turn
+
+
+def table_path(run_dir: str, role: str) -> str:
+    return os.path.join(run_dir, f"{role}.load")
+
+
+def create_table(run_dir: str, role: str, workers: int) -> str:
+    """The supervisor's part: a zeroed table for a fresh group."""
+    path = table_path(run_dir, role)
+    with open(path, "wb") as f:
+        f.write(bytes(table_size(workers)))
+    return path
+
+
+def read_open(run_dir: str, role: str, workers: int) -> list[int] | None:
+    """Connections each worker of the group holds now (None without a table)."""
+    try:
+        with open(table_path(run_dir, role), "rb") as f:
+            data = f.read(table_size(workers))
+    except OSError:
+        return None
+    if len(data) < table_size(workers):
+        return None
+    return [int.from_bytes(data[8 * i:8 * i + 8], "little", signed=True) for i in range(workers)]
+
+
+class Handoff:
+    """One worker's end: counts its connections and hands new ones to a less busy worker."""
+
+    def __init__(self, run_dir: str, role: str, workers: int, index: int) -> None:
+        fd = os.open(table_path(run_dir, role), os.O_RDWR)
+        try:
+            self._map = mmap.mmap(fd, table_size(workers))
+        finally:
+            os.close(fd)
+        self.table = LoadTable(memoryview(self._map), workers, index)
+        self.table.join()
+        self._paths = [os.path.join(run_dir, f"{role}-{j}.handoff") for j in range(workers)]
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self._paths[index])  # left by this worker's previous process
+        self.sock.bind(self._paths[index])
+        self.sock.setblocking(False)
+
+    def hand_off(self, conn: socket.socket) -> bool:
+        """Pass a just-accepted connection on if another worker holds fewer; True if it went
+        (the caller then closes its own descriptor)."""
+        target = self.table.target()
+        if target is None:
+            return False
+        try:
+            # (socket.send_fds drops its address argument before Python 3.12.)
+            self.sock.sendmsg([b"c"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                                        array.array("i", [conn.fileno()]))],
+                              0, self._paths[target])
+        except OSError as exc:  # its queue is full, or it is between processes
+            logger.debug("kept a connection: %s", exc)
+            return False
+        self.table.sent(target)
+        return True
+
+    async def receive(self) -> list[socket.socket]:
+        """Connections other workers handed here: waits for at least one."""
+        while True:
+            await trio.lowlevel.wait_readable(self.sock)
+            taken: list[socket.socket] = []
+            while len(taken) < RECEIVE_BATCH:
+                try:
+                    _msg, fds, _flags, _addr = socket.recv_fds(self.sock, 16, 4)
+                except BlockingIOError:
+                    break
+                for fd in fds:
+                    self.table.took()
+                    taken.append(socket.socket(fileno=fd))
+            if taken:
+                return taken
+
+    def opened(self) -> None:
+        self.table.opened()
+
+    def closed(self) -> None:
+        self.table.closed()
+
+    def close(self) -> None:
+        self.sock.close()

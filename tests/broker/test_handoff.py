@@ -1,0 +1,89 @@
+"""Connections handed between two accept loops over real sockets: the one that holds more
+passes new connections on, untouched, and the other serves them."""
+
+from __future__ import annotations
+
+import socket
+from typing import TYPE_CHECKING
+
+import trio
+
+from broker.balance import MARGIN
+from broker.handoff import Handoff, create_table, read_open
+from broker.sockets import serve_accept
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+    from pathlib import Path
+
+CLIENTS = 12
+WAIT_S = 10.0
+
+
+def listening() -> socket.socket:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(64)
+    sock.setblocking(False)
+    return sock
+
+
+async def test_a_burst_on_one_worker_is_shared(tmp_path: Path) -> None:
+    run_dir = str(tmp_path)
+    create_table(run_dir, "egress", 2)
+    handoffs = [Handoff(run_dir, "egress", 2, i) for i in range(2)]
+    busy, idle = listening(), listening()  # every client connects to the first worker
+    served: list[int] = []
+    release = trio.Event()
+
+    def handler(worker: int) -> Callable[[socket.socket], Awaitable[None]]:
+        async def handle(conn: socket.socket) -> None:
+            served.append(worker)
+            await trio.lowlevel.wait_readable(conn)
+            data = conn.recv(100)  # the bytes sent before the hand-over arrive whole
+            conn.sendall(f"{worker}:".encode() + data)
+            await release.wait()
+        return handle
+
+    clients: list[trio.SocketStream] = []
+    with trio.fail_after(WAIT_S):
+        async with trio.open_nursery() as nursery:
+            for i, listener in enumerate((busy, idle)):
+                nursery.start_soon(serve_accept, listener, handler(i), None, handoffs[i])
+            for n in range(CLIENTS):
+                stream = await trio.open_tcp_stream("127.0.0.1", busy.getsockname()[1])
+                await stream.send_all(b"hello %d" % n)
+                clients.append(stream)
+            answers = [await c.receive_some(100) for c in clients]
+            assert read_open(run_dir, "egress", 2) == [served.count(0), served.count(1)]
+            release.set()
+            for c in clients:
+                await c.aclose()
+            while read_open(run_dir, "egress", 2) != [0, 0]:  # noqa: ASYNC110 - counted out
+                await trio.sleep(0.01)
+            nursery.cancel_scope.cancel()
+    assert all(a.endswith(b":hello %d" % n) for n, a in enumerate(answers))
+    by_worker = [sum(a.startswith(b"%d:" % w) for a in answers) for w in (0, 1)]
+    assert by_worker == [served.count(0), served.count(1)]
+    assert abs(by_worker[0] - by_worker[1]) <= MARGIN
+    for h in handoffs:
+        h.close()
+    busy.close()
+    idle.close()
+
+
+async def test_a_worker_that_is_gone_leaves_the_connection_here(tmp_path: Path) -> None:
+    run_dir = str(tmp_path)
+    create_table(run_dir, "egress", 2)
+    here = Handoff(run_dir, "egress", 2, 0)
+    gone = Handoff(run_dir, "egress", 2, 1)
+    gone.close()  # its socket file stays, nobody reads it: ECONNREFUSED
+    for _ in range(MARGIN):
+        here.opened()
+    a, b = socket.socketpair()
+    assert here.table.target() == 1
+    assert not here.hand_off(a)
+    assert here.table.loads() == [MARGIN, 0]  # nothing counted as sent
+    for s in (a, b):
+        s.close()
+    here.close()
