@@ -69,6 +69,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--ingest-window", type=float, default=15.0)
     p.add_argument("--no-scaling", action="store_true", help="skip 1 vs 2 egress workers")
     p.add_argument("--scaling-viewers", type=int, default=400)
+    p.add_argument("--scaling-rounds", type=int, default=3,
+                   help="1-worker and 2-worker runs, alternating; the median round is reported")
     p.add_argument("--scaling-protocol", default="http-flv", type=_names)
     p.add_argument("--smoke", "--quick", action="store_true",
                    help="a small media, 1.5-second runs at N=1 and 10, rtmpmate only, no ingest "
@@ -184,13 +186,16 @@ class Bench:
     def scaling(self) -> dict[str, Any] | None:
         protocol = self.args.scaling_protocol[0]
         n = self.args.scaling_viewers
-        # The last run: one worker with one viewer, what a worker pays for the stream itself.
+        # Rounds of 1 and 2 workers side by side (a round's pair is minutes apart, not the
+        # rounds), then one worker with one viewer: what a worker pays for the stream itself.
+        plan = [(1, n), (2, n)] * max(1, self.args.scaling_rounds) + [(1, 1)]
         runs = [self.session(report.RTMPMATE, [(protocol, viewers)], egress=k)[0]
-                for k, viewers in ((1, n), (2, n), (1, 1))]
+                for k, viewers in plan]
         if any(r.status != "ok" for r in runs):
             return {"note": "a scaling run failed", "runs": [dataclasses.asdict(r) for r in runs]}
-        one, two, alone = (dataclasses.asdict(r) for r in runs)
-        return {**report.scaling_summary(one, two, alone), "runs": [one, two, alone]}
+        *pairs, alone = (dataclasses.asdict(r) for r in runs)
+        return {**report.scaling_rounds(list(zip(pairs[::2], pairs[1::2], strict=True)), alone),
+                "runs": [*pairs, alone]}
 
 
 def main(argv: list[str] | None = None) -> None:

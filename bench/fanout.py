@@ -186,12 +186,12 @@ class Session:
             drainer.drain_now()
             cpu1, bytes1 = procstat.cpu_snapshot(self.target.root_pid), [p.bytes for p in players]
             pub1, client1 = pub.media_bytes, procstat.self_cpu_seconds()
-            roles = self.target.roles()
+            roles, held = self.target.roles(), self.target.connections()
             rss_loaded = rss.sample()
             nursery.cancel_scope.cancel()
         elapsed = cpu1.at - cpu0.at
         result.window_s = round(elapsed, 3)
-        fill_cpu(result, procstat.cpu_delta(cpu0, cpu1), roles, elapsed, n)
+        fill_cpu(result, procstat.cpu_delta(cpu0, cpu1), roles, elapsed, n, held)
         result.peak_rss_mib = round(rss.peak / MIB, 1)
         result.rss_idle_mib = round(rss_idle / MIB, 1)
         result.rss_loaded_mib = round(rss_loaded / MIB, 1)
@@ -211,12 +211,13 @@ class Session:
 
 
 def fill_cpu(result: FanoutResult, delta: dict[int, float], roles: dict[int, str],
-             elapsed: float, n: int) -> None:
+             elapsed: float, n: int, held: dict[int, int] | None = None) -> None:
     total = sum(delta.values())
     result.server_cpu_s = round(total, 3)
     result.cpu_per_viewer_s = round(total / (n * elapsed), 7)
     result.cpu_by_process = [
-        {"pid": pid, "role": roles.get(pid, "?"), "cores": round(cpu / elapsed, 4)}
+        {"pid": pid, "role": roles.get(pid, "?"), "cores": round(cpu / elapsed, 4),
+         **({"connections": held[pid]} if held and pid in held else {})}
         for pid, cpu in sorted(delta.items())]
 
 

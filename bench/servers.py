@@ -128,6 +128,18 @@ class Target:
         """pid -> role of every process now in the tree ("egress", "ingest", "worker"...)."""
         return {pid: role_of(procstat.cmdline(pid)) for pid in procstat.tree(self.root_pid)}
 
+    def connections(self) -> dict[int, int]:
+        """pid -> connections held, for the workers that count theirs (rtmpmate's egress
+        workers in a group); empty for a server that does not say."""
+        if self.name != "rtmpmate":
+            return {}
+        try:
+            answer = ctlsock.request(str(self.workdir / "run" / "ctl.sock"), {"cmd": "status"})
+        except (OSError, ValueError):
+            return {}
+        return {w["pid"]: w["connections"] for w in answer.get("status", {}).get("workers", [])
+                if isinstance(w.get("connections"), int)}
+
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)

@@ -42,3 +42,15 @@ def test_a_summary_of_an_older_run_shows_its_figure_as_the_strict_one() -> None:
     old = {"scaling": {"viewers": 400, "capacity_ratio": 1.28}}
     assert report._scaling(old)["strict_ratio"] == 1.28
     assert report._scaling(old)["capacity_ratio"] is None
+
+
+def test_scaling_reports_the_median_round_and_every_round() -> None:
+    alone = run(1, 0.02)
+    pairs = [(run(400, 0.12), run(400, 0.07, 0.07)),   # 2.0
+             (run(400, 0.12), run(400, 0.09, 0.05)),   # 1.43
+             (run(400, 0.13), run(400, 0.06, 0.06))]   # 2.75
+    s = report.scaling_rounds(pairs, alone)
+    assert s["rounds"] == [2.0, pytest.approx(1.43, abs=0.01), pytest.approx(2.75, abs=0.01)]
+    assert s["capacity_ratio"] == 2.0
+    assert s["egress_cores"]["2"] == [0.07, 0.07]  # the figures of that round
+    assert "median of 3 rounds: 2.00, 1.43, 2.75 x" in report.scaling_text(s)
