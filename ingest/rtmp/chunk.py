@@ -134,6 +134,7 @@ class ChunkDecoder:
         self._received = 0
         self._eof = False
         self._error: RtmpProtocolError | None = None
+        self._short = 0  # payload of the message at the buffer's head not here yet
 
     @property
     def bytes_received(self) -> int:
@@ -199,12 +200,26 @@ class ChunkDecoder:
             s.parts is not None for s in self._streams.values()
         )
 
+    @property
+    def missing(self) -> int:
+        """After NEED_DATA: how many more bytes must arrive, at least, before a message now
+        half received can be complete (0 if none is). A peer sends a message's chunks one
+        after another, so waiting for them costs nothing that could be used sooner."""
+        if not self._pending():
+            return 0
+        buffered = len(self._buf) - self._pos
+        wants = [s.remaining - buffered for s in self._streams.values() if s.parts is not None]
+        if self._short:
+            wants.append(self._short)
+        return max(1, min(wants, default=1))
+
     def _read_chunk(self) -> RtmpMessage | NeedData | None:
         """Consume one whole chunk. Returns the message it completed, None if it only added
         to a partial message, or NEED_DATA (nothing consumed) if it isn't all buffered."""
         buf = self._buf
         end = len(buf)
         p = self._pos
+        self._short = 0
         if p >= end:
             return NEED_DATA
         b0 = buf[p]
@@ -278,6 +293,7 @@ class ChunkDecoder:
         remaining = stream.remaining if stream is not None and not starting else length
         n = min(self._chunk_size, remaining)
         if p + n > end:
+            self._short = remaining - (end - p)
             return NEED_DATA
 
         # Commit.

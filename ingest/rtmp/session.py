@@ -18,7 +18,7 @@ from ingest.rtmp import messages as m
 from ingest.rtmp.chunk import NEED_DATA, ChunkDecoder, ChunkEncoder, RtmpMessage
 from ingest.rtmp.errors import RtmpProtocolError
 from ingest.rtmp.handshake import ServerHandshake
-from ingest.rtmp.wakeups import WakeupThreshold
+from ingest.rtmp.wakeups import MAX_THRESHOLD, WakeupThreshold
 from media import amf0
 from media.flv import FlvError
 
@@ -195,12 +195,16 @@ class RtmpServerConnection:
 
     def wakeup_threshold(self) -> int:
         """Received bytes worth a wake-up (SO_RCVLOWAT) now: 1, except while this connection
-        publishes one stream of audio and video and nothing is half received (see
-        ingest.rtmp.wakeups). It never holds back the read that an Acknowledgement is due at."""
-        if len(self.publishing) != 1 or self._decoder.pending:
+        publishes one stream: then the rest of a message half received, or, between
+        messages of audio and video, about one video frame (see ingest.rtmp.wakeups). It
+        never holds back the read that an Acknowledgement is due at."""
+        if len(self.publishing) != 1:
             return 1
-        pub = next(iter(self.publishing.values()))
-        want = pub.wakeup.threshold(self._decoder.chunk_size)
+        if self._decoder.pending:
+            want = min(self._decoder.missing, MAX_THRESHOLD)
+        else:
+            pub = next(iter(self.publishing.values()))
+            want = pub.wakeup.threshold(self._decoder.chunk_size)
         if self._ack_window and want > 1:
             want = max(1, min(want, self._last_ack + self._ack_window - self._bytes_in))
         return want

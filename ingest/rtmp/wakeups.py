@@ -14,6 +14,10 @@ message of the last two windows of WINDOW_VIDEO video frames, and it is used onl
 frame is at least twice the threshold. A smaller video frame than any seen lately (a still
 picture's) or a command waits for the next message; the shell sees that no bytes wait for
 longer than about twice MAX_WAIT_S (ingest.rtmp.server.LazyReads).
+
+A message half received is another matter (the session's `wakeup_threshold`): nothing in it
+is usable before its last byte, so the threshold is what it still lacks (ChunkDecoder.missing),
+whatever the stream's shape.
 """
 
 from __future__ import annotations
@@ -21,6 +25,9 @@ from __future__ import annotations
 WINDOW_VIDEO = 64  # video frames per estimation window: about 2 s at 30 fps
 MIN_VIDEO = 16  # frames seen before the estimates are trusted
 MAX_WAIT_S = 0.2  # bytes under the threshold stay unread for at most about twice this
+# A message half received wakes the worker once the rest of it can be there, up to this many
+# bytes: a larger threshold would only make the kernel grow the socket's receive buffer.
+MAX_THRESHOLD = 256 << 10
 # RTMP framing around an audio payload, at most: a type-0 header (1 + 11), an extended
 # timestamp (4), and a 1-byte header plus extended timestamp for each further chunk.
 _FIRST_HEADER = 16

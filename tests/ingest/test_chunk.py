@@ -396,6 +396,62 @@ def test_split_invariance(
     assert decode_with_sizes(pieces, sizes) == whole
 
 
+def completion_offsets(raw: bytes, sizes: list[int]) -> list[int]:
+    """The byte count of `raw` at which each message comes out, fed one byte at a time."""
+    decoder = ChunkDecoder()
+    ends: list[int] = []
+    fed = 0
+    for size in sizes:
+        decoder.set_chunk_size(size)
+        while isinstance(decoder.next_event(), NeedData):
+            decoder.receive_data(raw[fed : fed + 1])
+            fed += 1
+        ends.append(fed)
+    return ends
+
+
+@settings(max_examples=200)
+@given(encoded_streams(), st.data())
+def test_missing_never_overstates_the_bytes_a_message_still_needs(
+    stream: tuple[bytes, list[RtmpMessage], list[int]], data: st.DataObject
+) -> None:
+    raw, _, sizes = stream
+    ends = completion_offsets(raw, sizes)
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(raw)), max_size=30)))
+    decoder = ChunkDecoder()
+    done, fed = 0, 0
+    if sizes:
+        decoder.set_chunk_size(sizes[0])
+    for a, b in itertools.pairwise([0, *cuts, len(raw)]):
+        if a == b:
+            continue  # b"" would be EOF
+        decoder.receive_data(raw[a:b])
+        fed = b
+        while done < len(sizes) and not isinstance(decoder.next_event(), NeedData):
+            done += 1
+            if done < len(sizes):
+                decoder.set_chunk_size(sizes[done])
+        at_boundary = fed == (ends[done - 1] if done else 0)
+        if done == len(sizes) or at_boundary:
+            assert decoder.missing == 0
+        else:  # the next message is under way: at least 1, never more than it lacks
+            assert 1 <= decoder.missing <= ends[done] - fed
+
+
+def test_missing_counts_a_first_chunk_cut_short() -> None:
+    decoder = ChunkDecoder()
+    decoder.set_chunk_size(4096)
+    encoder = ChunkEncoder()
+    encoder.set_chunk_size(4096)
+    raw = encoder.encode(RtmpMessage(6, 0, 9, 1, bytes(10_000)))
+    decoder.receive_data(raw[:112])  # the 12-byte header and 100 bytes of payload
+    assert decoder.next_event() is NEED_DATA
+    assert decoder.missing == 9_900
+    decoder.receive_data(raw[112:4200])  # the first chunk whole, and part of the second
+    assert decoder.next_event() is NEED_DATA
+    assert decoder.missing == 10_000 - 4096 - (4200 - 4108)
+
+
 def outcome(pieces: list[bytes]) -> tuple[list[RtmpMessage], str | None]:
     decoder = ChunkDecoder()
     out: list[RtmpMessage] = []

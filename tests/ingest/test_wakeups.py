@@ -6,7 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ingest.rtmp import messages as m
-from ingest.rtmp.wakeups import MIN_VIDEO, WINDOW_VIDEO, WakeupThreshold
+from ingest.rtmp.wakeups import MAX_THRESHOLD, MIN_VIDEO, WINDOW_VIDEO, WakeupThreshold
 from tests.ingest.test_session import (
     aac_config,
     aac_frame,
@@ -104,14 +104,27 @@ def test_session_threshold_follows_its_published_stream() -> None:
     # 128-byte chunks (no Set Chunk Size): each further chunk of an audio frame adds a header.
     assert h.conn.wakeup_threshold() == 2 * (400 + AUDIO_WIRE + 3 * 5) + 1
 
-    # Half a message buffered: any byte may complete it.
+    # Half a message buffered: wake once the rest of it can be there, never later.
     body = aac_frame(bytes(398))
     c.send_media(1, MT.AUDIO, 33 * MIN_VIDEO, body)
     data = c.data_to_send()
     h.conn.receive_data(data[:100])
-    assert h.conn.wakeup_threshold() == 1
-    h.conn.receive_data(data[100:])
-    assert h.conn.wakeup_threshold() > 1
+    assert len(body) - 100 < h.conn.wakeup_threshold() <= len(data) - 100
+    h.conn.receive_data(data[100:300])
+    assert len(body) - 300 < h.conn.wakeup_threshold() <= len(data) - 300
+    h.conn.receive_data(data[300:])
+    assert h.conn.wakeup_threshold() == 2 * (400 + AUDIO_WIRE + 3 * 5) + 1
+
+
+def test_a_large_half_received_frame_wakes_within_the_cap() -> None:
+    h = publishing()
+    c = h.client
+    c.send_media(1, MT.VIDEO, 0, avc_frame(nalu(5, 1 << 20), key=True))
+    data = c.data_to_send()
+    h.conn.receive_data(data[:5000])
+    assert h.conn.wakeup_threshold() == MAX_THRESHOLD
+    h.conn.receive_data(data[5000:-1000])
+    assert 0 < h.conn.wakeup_threshold() <= 1000
 
 
 def test_session_threshold_never_passes_a_due_acknowledgement() -> None:
