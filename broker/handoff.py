@@ -2,14 +2,15 @@
 
 The decision is broker/balance.py's; this shell maps the group's table (a file the supervisor
 creates in the run directory) and passes sockets with SCM_RIGHTS over Unix datagram sockets,
-one bound per worker. A hand-over that cannot happen at once (the other worker's queue is full,
-or it is restarting) keeps the connection here: balance is a preference, never a wait.
+one bound per worker. A worker that is restarting keeps its connections here; one whose
+queue is full makes the sender wait a little (RETRY_FOR_S at most): balance is a preference.
 """
 
 from __future__ import annotations
 
 import array
 import contextlib
+import enum
 import logging
 import mmap
 import os
@@ -22,6 +23,16 @@ from broker.balance import LoadTable, table_size
 logger = logging.getLogger(__name__)
 
 RECEIVE_BATCH = 64  # connections taken per wake-up at most; then the others get a turn
+# A worker's queue of handed connections holds net.unix.max_dgram_qlen (10 by default): in a
+# burst, the sender stops accepting and tries again this often, for at most RETRY_FOR_S.
+RETRY_S = 0.002
+RETRY_FOR_S = 0.1
+
+
+class Outcome(enum.Enum):
+    HANDED = "handed"
+    KEEP = "keep"
+    FULL = "full"
 
 
 def table_path(run_dir: str, role: str) -> str:
@@ -66,22 +77,25 @@ class Handoff:
         self.sock.bind(self._paths[index])
         self.sock.setblocking(False)
 
-    def hand_off(self, conn: socket.socket) -> bool:
-        """Pass a just-accepted connection on if another worker holds fewer; True if it went
-        (the caller then closes its own descriptor)."""
+    def hand_off(self, conn: socket.socket) -> Outcome:
+        """Pass a just-accepted connection on if another worker holds fewer. HANDED: it went
+        (the caller closes its own descriptor); KEEP: serve it here; FULL: the other worker's
+        queue is full, try again in a moment."""
         target = self.table.target()
         if target is None:
-            return False
+            return Outcome.KEEP
         try:
             # (socket.send_fds drops its address argument before Python 3.12.)
             self.sock.sendmsg([b"c"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
                                         array.array("i", [conn.fileno()]))],
                               0, self._paths[target])
-        except OSError as exc:  # its queue is full, or it is between processes
+        except BlockingIOError:
+            return Outcome.FULL
+        except OSError as exc:  # it is between processes
             logger.debug("kept a connection: %s", exc)
-            return False
+            return Outcome.KEEP
         self.table.sent(target)
-        return True
+        return Outcome.HANDED
 
     async def receive(self) -> list[socket.socket]:
         """Connections other workers handed here: waits for at least one."""

@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING
 
 import trio
 
+from broker.handoff import RETRY_FOR_S, RETRY_S, Outcome
+
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
@@ -113,12 +115,29 @@ async def serve_accept(listener: socket.socket,
                     continue
                 serve(conn, peer)
 
+    def pass_on(conn: socket.socket, peer: object, until: float) -> bool:
+        """Hand the connection over or serve it here; False: try again later."""
+        assert handoff is not None
+        outcome = handoff.hand_off(conn)
+        if outcome is Outcome.HANDED:
+            conn.close()
+        elif outcome is Outcome.KEEP or trio.current_time() >= until:
+            serve(conn, peer)
+        else:
+            return False
+        return True
+
+    waiting: list[tuple[socket.socket, object, float]] = []  # for a full hand-over queue
     async with trio.open_nursery() as nursery:
         if handoff is not None:
             nursery.start_soon(take_handed, handoff)
         while True:
-            await trio.lowlevel.wait_readable(listener)
-            while True:  # several workers share the socket: another may win the race
+            if waiting:
+                await trio.sleep(RETRY_S)
+                waiting = [w for w in waiting if not pass_on(*w)]
+            else:
+                await trio.lowlevel.wait_readable(listener)
+            while not waiting:  # no more accepts while a burst waits for the other worker
                 try:
                     conn, peer = listener.accept()
                 except BlockingIOError:
@@ -129,10 +148,10 @@ async def serve_accept(listener: socket.socket,
                     logger.warning("accept failed: %s", exc)
                     await trio.sleep(ACCEPT_ERROR_PAUSE_S)
                     break
-                if handoff is not None and handoff.hand_off(conn):
-                    conn.close()
-                    continue
-                serve(conn, peer)
+                if handoff is None:
+                    serve(conn, peer)
+                elif not pass_on(conn, peer, until := trio.current_time() + RETRY_FOR_S):
+                    waiting.append((conn, peer, until))
 
 
 async def receive_some(sock: socket.socket, max_bytes: int) -> bytes:

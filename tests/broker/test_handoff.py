@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from broker.balance import MARGIN
-from broker.handoff import Handoff, create_table, read_open
+from broker.handoff import RETRY_FOR_S, Handoff, Outcome, create_table, read_open
 from broker.sockets import serve_accept
 
 if TYPE_CHECKING:
@@ -28,11 +28,13 @@ def listening() -> socket.socket:
     return sock
 
 
-async def test_a_burst_on_one_worker_is_shared(tmp_path: Path) -> None:
+async def burst(tmp_path: Path, clients: int, idle_starts_after: float = 0.0) -> list[int]:
+    """`clients` connections, all to the first of two workers; the second starts serving
+    (and taking what is handed to it) after a while. How many each worker served."""
     run_dir = str(tmp_path)
     create_table(run_dir, "egress", 2)
     handoffs = [Handoff(run_dir, "egress", 2, i) for i in range(2)]
-    busy, idle = listening(), listening()  # every client connects to the first worker
+    busy, idle = listening(), listening()
     served: list[int] = []
     release = trio.Event()
 
@@ -45,31 +47,46 @@ async def test_a_burst_on_one_worker_is_shared(tmp_path: Path) -> None:
             await release.wait()
         return handle
 
-    clients: list[trio.SocketStream] = []
+    async def start_idle() -> None:
+        await trio.sleep(idle_starts_after)
+        await serve_accept(idle, handler(1), None, handoffs[1])
+
+    streams: list[trio.SocketStream] = []
     with trio.fail_after(WAIT_S):
         async with trio.open_nursery() as nursery:
-            for i, listener in enumerate((busy, idle)):
-                nursery.start_soon(serve_accept, listener, handler(i), None, handoffs[i])
-            for n in range(CLIENTS):
+            nursery.start_soon(serve_accept, busy, handler(0), None, handoffs[0])
+            nursery.start_soon(start_idle)
+            for n in range(clients):
                 stream = await trio.open_tcp_stream("127.0.0.1", busy.getsockname()[1])
                 await stream.send_all(b"hello %d" % n)
-                clients.append(stream)
-            answers = [await c.receive_some(100) for c in clients]
+                streams.append(stream)
+            answers = [await c.receive_some(100) for c in streams]
             assert read_open(run_dir, "egress", 2) == [served.count(0), served.count(1)]
             release.set()
-            for c in clients:
+            for c in streams:
                 await c.aclose()
             while read_open(run_dir, "egress", 2) != [0, 0]:  # noqa: ASYNC110 - counted out
                 await trio.sleep(0.01)
             nursery.cancel_scope.cancel()
-    assert all(a.endswith(b":hello %d" % n) for n, a in enumerate(answers))
-    by_worker = [sum(a.startswith(b"%d:" % w) for a in answers) for w in (0, 1)]
-    assert by_worker == [served.count(0), served.count(1)]
-    assert abs(by_worker[0] - by_worker[1]) <= MARGIN
     for h in handoffs:
         h.close()
     busy.close()
     idle.close()
+    assert all(a.endswith(b":hello %d" % n) for n, a in enumerate(answers))
+    by_worker = [sum(a.startswith(b"%d:" % w) for a in answers) for w in (0, 1)]
+    assert by_worker == [served.count(0), served.count(1)]
+    return by_worker
+
+
+async def test_a_burst_on_one_worker_is_shared(tmp_path: Path) -> None:
+    first, second = await burst(tmp_path, CLIENTS)
+    assert abs(first - second) <= MARGIN
+
+
+async def test_a_full_hand_over_queue_makes_the_sender_wait_not_keep(tmp_path: Path) -> None:
+    # The second worker takes nothing for 50 ms: its queue (10 by default) fills at once.
+    first, second = await burst(tmp_path, 40, idle_starts_after=RETRY_FOR_S / 2)
+    assert abs(first - second) <= MARGIN
 
 
 async def test_a_worker_that_is_gone_leaves_the_connection_here(tmp_path: Path) -> None:
@@ -82,7 +99,7 @@ async def test_a_worker_that_is_gone_leaves_the_connection_here(tmp_path: Path) 
         here.opened()
     a, b = socket.socketpair()
     assert here.table.target() == 1
-    assert not here.hand_off(a)
+    assert here.hand_off(a) is Outcome.KEEP
     assert here.table.loads() == [MARGIN, 0]  # nothing counted as sent
     for s in (a, b):
         s.close()
