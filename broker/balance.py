@@ -32,6 +32,11 @@ def table_size(workers: int) -> int:
     return CELL.size * (workers + workers * workers + workers)
 
 
+def held(buffer: bytes, workers: int) -> list[int]:
+    """The open[] cells of a table: connections each worker holds now."""
+    return [CELL.unpack_from(buffer, CELL.size * i)[0] for i in range(workers)]
+
+
 class LoadTable:
     """One worker's view of its group's counts."""
 

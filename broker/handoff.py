@@ -18,7 +18,7 @@ import socket
 
 import trio
 
-from broker.balance import LoadTable, table_size
+from broker.balance import LoadTable, held, table_size
 
 logger = logging.getLogger(__name__)
 
@@ -54,9 +54,7 @@ def read_open(run_dir: str, role: str, workers: int) -> list[int] | None:
             data = f.read(table_size(workers))
     except OSError:
         return None
-    if len(data) < table_size(workers):
-        return None
-    return [int.from_bytes(data[8 * i:8 * i + 8], "little", signed=True) for i in range(workers)]
+    return held(data, workers) if len(data) == table_size(workers) else None
 
 
 class Handoff:
