@@ -186,8 +186,9 @@ class Bench:
     def scaling(self) -> dict[str, Any] | None:
         protocol = self.args.scaling_protocol[0]
         n = self.args.scaling_viewers
-        # Rounds of 1 and 2 workers side by side (a round's pair is minutes apart, not the
-        # rounds), then one worker with one viewer: what a worker pays for the stream itself.
+        # Rounds of a 1-worker and a 2-worker run back to back (each round compares its own
+        # pair, a minute apart), then one worker with one viewer: what a worker pays for the
+        # stream itself.
         plan = [(1, n), (2, n)] * max(1, self.args.scaling_rounds) + [(1, 1)]
         runs = [self.session(report.RTMPMATE, [(protocol, viewers)], egress=k)[0]
                 for k, viewers in plan]
