@@ -3,7 +3,7 @@
 The kernel's SO_REUSEPORT hash spreads connections over a group's workers only roughly: 400
 viewers split 190/210 as often as not, and the busier worker sets the group's capacity. So a
 worker that accepts a connection while it holds more than another worker hands the connection
-over (the shell passes the socket itself, see broker/sockets.py) before reading a byte of it.
+over (the shell passes the socket itself, see broker/handoff.py) before reading a byte of it.
 
 The counts live in a buffer every worker of the group maps (a file in the run directory), laid
 out as little-endian int64 cells with exactly one writer each, so no cell needs a lock:
@@ -50,7 +50,6 @@ class LoadTable:
         self._sent = [[CELL.size * (workers + i * workers + j) for j in range(workers)]
                       for i in range(workers)]
         self._taken = [CELL.size * (workers + workers * workers + j) for j in range(workers)]
-        self._mine = 0  # open[index], kept here too: the worker alone writes it
 
     def _get(self, offset: int) -> int:
         value: int = CELL.unpack_from(self._buf, offset)[0]
@@ -62,7 +61,6 @@ class LoadTable:
     def join(self) -> None:
         """A (re)started worker holds nothing, and what was handed to its previous process
         went with that process."""
-        self._mine = 0
         CELL.pack_into(self._buf, self._open[self.index], 0)
         owed = sum(self._get(self._sent[i][self.index]) for i in range(self.workers))
         CELL.pack_into(self._buf, self._taken[self.index], owed)
@@ -86,12 +84,10 @@ class LoadTable:
         return best
 
     def opened(self) -> None:
-        self._mine += 1
-        CELL.pack_into(self._buf, self._open[self.index], self._mine)
+        self._add(self._open[self.index], 1)
 
     def closed(self) -> None:
-        self._mine -= 1
-        CELL.pack_into(self._buf, self._open[self.index], self._mine)
+        self._add(self._open[self.index], -1)
 
     def sent(self, worker: int) -> None:
         self._add(self._sent[self.index][worker], 1)
