@@ -35,6 +35,11 @@ class StreamInfo:
     session: int
     seen_at: float
     info: dict[str, Any] = field(default_factory=dict)
+    # Where the owner takes HTTP-FLV players of this stream (an Inbox path; "" = it does not)
+    # and how many more it takes; `handed` counts what this process passed it since.
+    inbox: str = ""
+    room: int = 0
+    handed: int = 0
 
 
 class StreamDirectory:
@@ -54,9 +59,14 @@ class StreamDirectory:
             info, session = body.get("info"), body.get("session")
             if type(session) is not int:
                 return None  # malformed: ignore it rather than fail the consumer
+            players = body.get("players")
+            inbox, room = "", 0
+            if isinstance(players, dict) and isinstance(players.get("inbox"), str) and (
+                    type(players.get("room")) is int):
+                inbox, room = players["inbox"], max(0, players["room"])
             self.streams[key] = StreamInfo(
                 key, str(body.get("owner", "")), session, now,
-                info if isinstance(info, dict) else {})
+                info if isinstance(info, dict) else {}, inbox, room)
             return key
         if kind == "stream-end":
             current = self.streams.get(key)

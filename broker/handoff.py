@@ -1,9 +1,11 @@
-"""Accepted connections passed between the workers of a port group, to even out their counts.
+"""Accepted connections passed between worker processes with SCM_RIGHTS.
 
-The decision is broker/balance.py's; this shell maps the group's table (a file the supervisor
-creates in the run directory) and passes sockets with SCM_RIGHTS over Unix datagram sockets,
-one bound per worker. A worker that is restarting keeps its connections here; one whose
-queue is full makes the sender wait a little (RETRY_FOR_S at most): balance is a preference.
+Two uses: the workers of a port group even out their connection counts (the decision is
+broker/balance.py's; `Handoff` maps the group's table, a file the supervisor creates in the
+run directory), and an egress worker passes an admitted HTTP-FLV player to the ingest worker
+that holds the stream's publisher (egress/worker.py). Each receiver binds a Unix datagram
+socket (`Inbox`). One that is restarting leaves its sender to keep the connection; one whose
+queue is full makes the group's sender wait a little (RETRY_FOR_S at most).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from broker.balance import LoadTable, held, table_size
 logger = logging.getLogger(__name__)
 
 RECEIVE_BATCH = 64  # connections taken per wake-up at most; then the others get a turn
+MAX_MESSAGE = 4096  # bytes that travel with a connection
 # A worker's queue of handed connections holds net.unix.max_dgram_qlen (10 by default): in a
 # burst, the sender stops accepting and tries again this often, for at most RETRY_FOR_S.
 RETRY_S = 0.002
@@ -57,6 +60,50 @@ def read_open(run_dir: str, role: str, workers: int) -> list[int] | None:
     return held(data, workers) if len(data) == table_size(workers) else None
 
 
+def pass_socket(sender: socket.socket, path: str, conn: socket.socket,
+                message: bytes = b"c") -> None:
+    """Send conn (a duplicate of its descriptor) and a message to the Inbox bound at path.
+    Raises BlockingIOError when the receiver's queue is full, OSError when nobody is there;
+    the caller still owns, and closes, its own descriptor."""
+    # (socket.send_fds drops its address argument before Python 3.12.)
+    sender.sendmsg([message], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                                array.array("i", [conn.fileno()]))], 0, path)
+
+
+class Inbox:
+    """The receiving end: connections other processes passed here, each with its message."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)  # left by this worker's previous process
+        self.sock.bind(path)
+        self.sock.setblocking(False)
+
+    async def receive(self) -> list[tuple[socket.socket, bytes]]:
+        """Waits for at least one connection; then takes what is there (RECEIVE_BATCH)."""
+        while True:
+            await trio.lowlevel.wait_readable(self.sock)
+            taken: list[tuple[socket.socket, bytes]] = []
+            while len(taken) < RECEIVE_BATCH:
+                try:
+                    msg, fds, _flags, _addr = socket.recv_fds(self.sock, MAX_MESSAGE, 4)
+                except BlockingIOError:
+                    break
+                conns = [socket.socket(fileno=fd) for fd in fds]
+                taken += [(conn, msg) for conn in conns[:1]]
+                for extra in conns[1:]:  # one per message; more is not ours to serve
+                    extra.close()
+            if taken:
+                return taken
+
+    def close(self) -> None:
+        self.sock.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
+
+
 class Handoff:
     """One worker's end: counts its connections and hands new ones to a less busy worker."""
 
@@ -69,11 +116,7 @@ class Handoff:
         self.table = LoadTable(memoryview(self._map), workers, index)
         self.table.join()
         self._paths = [os.path.join(run_dir, f"{role}-{j}.handoff") for j in range(workers)]
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self._paths[index])  # left by this worker's previous process
-        self.sock.bind(self._paths[index])
-        self.sock.setblocking(False)
+        self.inbox = Inbox(self._paths[index])
 
     def hand_off(self, conn: socket.socket) -> Outcome:
         """Pass a just-accepted connection on if another worker holds fewer. HANDED: it went
@@ -83,10 +126,7 @@ class Handoff:
         if target is None:
             return Outcome.KEEP
         try:
-            # (socket.send_fds drops its address argument before Python 3.12.)
-            self.sock.sendmsg([b"c"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
-                                        array.array("i", [conn.fileno()]))],
-                              0, self._paths[target])
+            pass_socket(self.inbox.sock, self._paths[target], conn)
         except BlockingIOError:
             return Outcome.FULL
         except OSError as exc:  # it is between processes
@@ -97,19 +137,10 @@ class Handoff:
 
     async def receive(self) -> list[socket.socket]:
         """Connections other workers handed here: waits for at least one."""
-        while True:
-            await trio.lowlevel.wait_readable(self.sock)
-            taken: list[socket.socket] = []
-            while len(taken) < RECEIVE_BATCH:
-                try:
-                    _msg, fds, _flags, _addr = socket.recv_fds(self.sock, 16, 4)
-                except BlockingIOError:
-                    break
-                for fd in fds:
-                    self.table.took()
-                    taken.append(socket.socket(fileno=fd))
-            if taken:
-                return taken
+        taken = [conn for conn, _msg in await self.inbox.receive()]
+        for _ in taken:
+            self.table.took()
+        return taken
 
     def opened(self) -> None:
         self.table.opened()
@@ -118,4 +149,4 @@ class Handoff:
         self.table.closed()
 
     def close(self) -> None:
-        self.sock.close()
+        self.inbox.close()

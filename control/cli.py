@@ -34,10 +34,11 @@ def _count(n: int | None) -> str:
 def format_status(status: dict[str, Any]) -> str:
     lines = [f"rtmpmate up {_duration(status['uptime'])}", "",
              f"{'WORKER':<12} {'ROLE':<8} {'PID':>8} {'UPTIME':>9} {'RESTARTS':>8} "
-             f"{'CONNECTIONS':>11}"]
+             f"{'CONNECTIONS':>11} {'VIEWERS':>7}"]
     lines += [f"{w['name']:<12} {w['role']:<8} {w['pid'] or '-':>8} "
               f"{_duration(w['uptime']):>9} {w['restarts']:>8} "
-              f"{_count(w.get('connections')):>11}" for w in status["workers"]]
+              f"{_count(w.get('connections')):>11} {_count(w.get('viewers')):>7}"
+              for w in status["workers"]]
     lines.append("")
     streams = status["streams"]
     if not streams:

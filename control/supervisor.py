@@ -214,13 +214,15 @@ class Supervisor:
     def status(self) -> dict[str, object]:
         now, wall = trio.current_time(), time.time()
         viewers: dict[str, dict[str, int]] = {}
-        for seen, streams in self.viewers.values():
+        serving: dict[str, int] = {}  # viewers per worker
+        for worker, (seen, streams) in self.viewers.items():
             if now - seen > ANNOUNCE_EXPIRY_S:
                 continue
             for key, counts in streams.items():
                 total = viewers.setdefault(key, {})
                 for proto, n in counts.items():
                     total[proto] = total.get(proto, 0) + n
+                    serving[worker] = serving.get(worker, 0) + n
         held: dict[str, int] = {}  # connections per worker, where its group counts them
         group = [w for w in self.workers if w.role == "egress" and w.group > 1]
         if group:
@@ -230,6 +232,7 @@ class Supervisor:
             "uptime": wall - self.started,
             "workers": [{"role": w.role, "name": w.name, "pid": w.pid,
                          "connections": held.get(w.name),
+                         "viewers": serving.get(w.name, 0),
                          "uptime": wall - w.started if w.pid else 0.0,
                          "restarts": w.restarts,
                          # Workers report on the bus every second: proof they are up and wired.

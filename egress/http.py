@@ -6,7 +6,6 @@ import hmac
 import logging
 import re
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -17,7 +16,6 @@ from starlette.routing import Route, WebSocketRoute
 
 from broker.calls import BusCalls, CallTimeout
 from broker.fanout import ViewerQueue
-from broker.hub import Viewer
 from broker.packet import DEFAULT_INSTANCE, StreamKey
 from control.access import parse_networks, permitted
 from control.admission import Admission, PlaySession, PlaySessions, peer_address
@@ -25,9 +23,8 @@ from control.config import location_for
 from control.hooks import Hooks
 from egress import static
 from egress.dash.mpd import TIME_PATH, xs_datetime
-from egress.flv_live import FlvHandler, Framing, http_live, ws_live
-from egress.fmp4.live import Fmp4Handler
-from egress.live import http_response
+from egress.flv_live import Framing, http_live, ws_live
+from egress.live import LIVE_FORMATS, LiveRoute, http_response, parse_live_path
 from egress.presentations import Presentations, parse_path
 
 if TYPE_CHECKING:
@@ -38,8 +35,6 @@ if TYPE_CHECKING:
     from starlette.websockets import WebSocket
 
     from broker.consumer import Consumer
-    from broker.fanout import BoundedQueue
-    from broker.hub import ViewerHandler
     from control.access import Decision
     from control.config import Config
 
@@ -50,48 +45,6 @@ KICK = "kick"  # every ingest and egress worker closes the stream's sessions
 KICK_WINDOW_S = 1.0  # how long a kick waits for the workers' counts
 # A start waits for the DVR worker to join the stream (up to 3 s) and open the file.
 RECORD_CALL_TIMEOUT_S = 6.0
-
-
-@dataclass(frozen=True, slots=True)
-class LiveFormat:
-    """A live output format: URL suffix, hub kind, DVR entry it needs, content type."""
-
-    suffix: str
-    kind: str
-    dvr: str
-    content_type: str
-    protocol: str  # as counted in the status: "http-flv", and "ws-flv" over WebSocket
-
-
-FLV = LiveFormat(".flv", "flv", "DVR_FLV", "video/x-flv", "flv")
-FMP4 = LiveFormat(".mp4", "mp4", "DVR_FMP4", "video/mp4", "fmp4")
-LIVE_FORMATS = (FLV, FMP4)
-
-
-@dataclass(frozen=True, slots=True)
-class LiveRoute:
-    key: StreamKey
-    format: LiveFormat
-    cache_frames: int
-
-    def viewer(self, queue: BoundedQueue, framing: Framing, *, websocket: bool) -> Viewer:
-        handler: ViewerHandler = (FlvHandler(framing) if self.format is FLV
-                                  else Fmp4Handler(framing))
-        protocol = ("ws-" if websocket else "http-") + self.format.protocol
-        return Viewer(protocol, handler, queue, variant=framing)
-
-
-def parse_live_path(path: str, suffix: str) -> StreamKey | None:
-    """'/live/sample.flv' or '/live/inst/sample.flv' -> the stream key; None if not such a path."""
-    if not path.endswith(suffix):
-        return None
-    parts = path[: -len(suffix)].strip("/").split("/")
-    if len(parts) == 2:
-        parts.insert(1, DEFAULT_INSTANCE)
-    if len(parts) != 3 or not all(parts) or any(p.startswith("$") or "\x00" in p
-                                                 for p in parts):
-        return None
-    return StreamKey(*parts)
 
 
 class EgressApp:

@@ -11,30 +11,111 @@ starlette app.
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 from urllib.parse import unquote
 
+import msgpack
 import trio
 
 from broker.fanout import Flusher, SocketQueue
+from broker.hub import Viewer
+from broker.packet import DEFAULT_INSTANCE, StreamKey
 from broker.sockets import receive_some, send_short
 from egress import wsframe
-from egress.flv_live import Framing
+from egress.flv_live import FlvHandler, Framing
+from egress.fmp4.live import Fmp4Handler
 
 if TYPE_CHECKING:
     from broker.consumer import Consumer
-    from broker.packet import StreamKey
+    from broker.fanout import BoundedQueue
+    from broker.hub import ViewerHandler
     from control.admission import Admission
-    from egress.http import LiveRoute
 
 logger = logging.getLogger(__name__)
 
 MAX_HEAD_BYTES = 8192
 PEEK_RETRY_S = 0.005  # a head split over several segments: look again shortly
 MAX_RECV = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class LiveFormat:
+    """A live output format: URL suffix, hub kind, DVR entry it needs, content type."""
+
+    suffix: str
+    kind: str
+    dvr: str
+    content_type: str
+    protocol: str  # as counted in the status: "http-flv", and "ws-flv" over WebSocket
+
+
+FLV = LiveFormat(".flv", "flv", "DVR_FLV", "video/x-flv", "flv")
+FMP4 = LiveFormat(".mp4", "mp4", "DVR_FMP4", "video/mp4", "fmp4")
+LIVE_FORMATS = (FLV, FMP4)
+
+
+@dataclass(frozen=True, slots=True)
+class LiveRoute:
+    key: StreamKey
+    format: LiveFormat
+    cache_frames: int
+
+    def viewer(self, queue: BoundedQueue, framing: Framing, *, websocket: bool) -> Viewer:
+        handler: ViewerHandler = (FlvHandler(framing) if self.format is FLV
+                                  else Fmp4Handler(framing))
+        protocol = ("ws-" if websocket else "http-") + self.format.protocol
+        return Viewer(protocol, handler, queue, variant=framing)
+
+
+@dataclass(frozen=True, slots=True)
+class Handover:
+    """What travels with an admitted HTTP-FLV player's connection to the ingest worker that
+    holds the publisher (broker/handoff.py). Its request head is still unread in the socket."""
+
+    route: LiveRoute
+    cors: dict[str, str]
+    peer: str
+
+    def encode(self) -> bytes:
+        data: bytes = msgpack.packb([str(self.route.key), self.route.format.kind,
+                                     self.route.cache_frames, self.cors, self.peer])
+        return data
+
+    @classmethod
+    def decode(cls, data: bytes) -> Handover:
+        """Raises ValueError for anything but what `encode` makes."""
+        try:
+            key, kind, cache, cors, peer = msgpack.unpackb(data)
+        except (ValueError, TypeError, msgpack.UnpackException) as exc:
+            raise ValueError(f"not a player hand-over: {exc}") from None
+        fmt = next((f for f in LIVE_FORMATS if f.kind == kind), None)
+        if (fmt is None or type(cache) is not int or cache < 1 or not isinstance(peer, str)
+                or not isinstance(cors, dict)
+                or not all(isinstance(v, str) for v in (*cors, *cors.values()))):
+            raise ValueError("not a player hand-over")
+        return cls(LiveRoute(StreamKey.parse(str(key)), fmt, cache), cors, peer)
+
+
+def player_inbox_path(run_dir: str, worker: str) -> str:
+    """Where an ingest worker takes the players egress workers pass it."""
+    return os.path.join(os.path.abspath(run_dir), f"players-{worker}.sock")
+
+
+def parse_live_path(path: str, suffix: str) -> StreamKey | None:
+    """'/live/sample.flv' or '/live/inst/sample.flv' -> the stream key; None if not such a path."""
+    if not path.endswith(suffix):
+        return None
+    parts = path[: -len(suffix)].strip("/").split("/")
+    if len(parts) == 2:
+        parts.insert(1, DEFAULT_INSTANCE)
+    if len(parts) != 3 or not all(parts) or any(p.startswith("$") or "\x00" in p
+                                                 for p in parts):
+        return None
+    return StreamKey(*parts)
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +183,18 @@ class LiveStreams:
         self.flusher = flusher
         self.admission = admission  # fires on_play_done
         self.nagle = nagle  # players' media with Nagle's algorithm once started (SocketQueue)
+
+    async def serve_handed(self, sock: socket.socket, handover: Handover) -> None:
+        """A player another process admitted and passed here, its head unread: the whole
+        head was in the socket when it was passed, so one peek finds it."""
+        try:
+            head = parse_head(sock.recv(MAX_HEAD_BYTES, socket.MSG_PEEK))
+        except OSError:
+            return  # it left on the way
+        if head is None:
+            logger.warning("a handed-over player's request head is gone (%s)", handover.peer)
+            return
+        await self.serve(sock, head, handover.route, cors=handover.cors, peer=handover.peer)
 
     async def serve(self, sock: socket.socket, head: RequestHead, route: LiveRoute, *,
                     cors: dict[str, str], peer: str = "?") -> None:

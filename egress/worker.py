@@ -5,6 +5,9 @@ another hands a new one over before reading it (broker/handoff.py), so the group
 
 It accepts connections itself: a live FLV request takes the fast path (egress/live.py); every
 other connection is handed, untouched, to hypercorn's HTTP server running the starlette app.
+An admitted HTTP-FLV player of a stream published on this machine goes, its request head still
+unread, to the ingest worker that holds the publisher, which serves it without the bus (up to
+server.publisher_flv_players players per ingest worker).
 """
 
 from __future__ import annotations
@@ -24,14 +27,14 @@ from hypercorn.trio.worker_context import WorkerContext
 from broker.consumer import Consumer
 from broker.fanout import Flusher
 from broker.feed import ANNOUNCE_INTERVAL_S
-from broker.handoff import Handoff
+from broker.handoff import RETRY_FOR_S, RETRY_S, Handoff, pass_socket
 from broker.hub import StreamHub
 from broker.sockets import ConnectionLimits, peer_name, send_short, serve_accept
 from broker.zsock import BusPublisher, BusSubscriber, bus_endpoints
 from egress.flv_live import FlvMuxer
 from egress.fmp4.live import Fmp4Hub
-from egress.http import EgressApp, LiveRoute
-from egress.live import LiveStreams, http_response, peek_head
+from egress.http import EgressApp
+from egress.live import FLV, Handover, LiveRoute, LiveStreams, http_response, peek_head
 
 if TYPE_CHECKING:
     from control.config import Config
@@ -41,7 +44,7 @@ logger = logging.getLogger(__name__)
 
 class EgressServer:
     def __init__(self, cfg: Config, consumer: Consumer, flusher: Flusher,
-                 publisher: BusPublisher) -> None:
+                 publisher: BusPublisher, group: tuple[int, int] = (0, 1)) -> None:
         self.app = EgressApp(cfg, consumer, publisher.send_control)
         self.live = LiveStreams(consumer, flusher, self.app.admission,
                                 nagle=not cfg.server.tcp_nodelay)
@@ -53,6 +56,9 @@ class EgressServer:
         self.hypercorn = hc
         self.asgi = ASGIWrapper(self.app.app)  # type: ignore[arg-type]
         self.context = WorkerContext(None)
+        self.sender = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)  # passes players over
+        self.sender.setblocking(False)
+        self.group = group  # (index, size) of this worker in the egress group
 
     async def handle(self, conn: socket.socket) -> None:
         try:
@@ -80,11 +86,43 @@ class EgressServer:
                 conn.recv(head.size)
                 await send_short(conn, refusal)
                 return
+            if (route.format is FLV and head.method == "GET"
+                    and await self.pass_to_publisher(conn, Handover(route, cors, peer))):
+                return
             await self.live.serve(conn, head, route, cors=cors, peer=peer)
         else:
             conn.recv(head.size)
             await send_short(conn, http_response("404 Not Found", {"Connection": "close", **cors},
                                                  route.encode()))
+
+
+    async def pass_to_publisher(self, conn: socket.socket, handover: Handover) -> bool:
+        """Pass the player to the ingest worker that holds the stream's publisher, if it takes
+        players and has room; False: serve it here. A full queue (a burst of players) is
+        tried again for up to RETRY_FOR_S."""
+        info = self.live.consumer.directory.get(handover.route.key, trio.current_time())
+        if info is None or not info.inbox:
+            return False
+        # The room the owner announced (every second) is shared out among the egress
+        # workers, so that together they never pass it more than it takes.
+        index, size = self.group
+        if info.handed >= info.room // size + (index < info.room % size):
+            return False
+        message = handover.encode()
+        until = trio.current_time() + RETRY_FOR_S
+        while True:
+            try:
+                pass_socket(self.sender, info.inbox, conn, message)
+            except BlockingIOError:
+                if trio.current_time() >= until:
+                    return False
+                await trio.sleep(RETRY_S)
+                continue
+            except OSError as exc:  # the worker is restarting
+                logger.debug("kept a player of %s: %s", handover.route.key, exc)
+                return False
+            info.handed += 1
+            return True
 
 
 async def _report_viewers(name: str, publisher: BusPublisher, consumer: Consumer) -> None:
@@ -96,8 +134,8 @@ async def _report_viewers(name: str, publisher: BusPublisher, consumer: Consumer
 
 
 async def serve_egress(cfg: Config, name: str, listener: socket.socket,
-                       ctx: zmq.Context[zmq.Socket[bytes]], handoff: Handoff | None = None
-                       ) -> None:
+                       ctx: zmq.Context[zmq.Socket[bytes]], handoff: Handoff | None = None,
+                       group: tuple[int, int] = (0, 1)) -> None:
     frontend, backend = bus_endpoints(cfg.server.run_dir)
     flusher = Flusher()
     subscriber = BusSubscriber(ctx, backend, hwm=cfg.bus.hwm, on_drained=flusher.flush)
@@ -106,7 +144,7 @@ async def serve_egress(cfg: Config, name: str, listener: socket.socket,
     consumer = Consumer(ctx, subscriber, {
         "flv": lambda key: StreamHub(key, flv_muxer, flusher),
         "mp4": lambda key: Fmp4Hub(key, flusher)})
-    server = EgressServer(cfg, consumer, flusher, publisher)
+    server = EgressServer(cfg, consumer, flusher, publisher, group)
     async with trio.open_nursery() as nursery:
         server.app.hooks.nursery = nursery
         nursery.start_soon(server.app.expire_plays)
@@ -126,7 +164,7 @@ def run_egress_worker(cfg: Config, name: str, http_fd: int,
     index, size = group
     handoff = Handoff(cfg.server.run_dir, "egress", size, index) if size > 1 else None
     try:
-        trio.run(serve_egress, cfg, name, listener, ctx, handoff)
+        trio.run(serve_egress, cfg, name, listener, ctx, handoff, group)
     finally:
         ctx.destroy(linger=0)
         if handoff is not None:

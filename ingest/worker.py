@@ -1,4 +1,8 @@
-"""The ingest worker process: RTMP and RTSP publish and play on the inherited listening sockets."""
+"""The ingest worker process: RTMP and RTSP publish and play on the inherited listening sockets.
+
+It also serves the HTTP-FLV and WS-FLV players of its own publishers' streams that an egress
+worker admitted and passed over (egress/worker.py): their frames then never cross the bus.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ import zmq
 from broker.consumer import Consumer
 from broker.fanout import Flusher
 from broker.feed import ANNOUNCE_INTERVAL_S
+from broker.handoff import Inbox
 from broker.hub import StreamHub
 from broker.packet import Codec, MediaPacket, StreamKey, TrackKind
 from broker.sockets import ConnectionLimits, serve_accept
@@ -26,6 +31,8 @@ from broker.zsock import (
 )
 from control.admission import Admission
 from control.hooks import Hooks
+from egress.flv_live import FlvMuxer
+from egress.live import Handover, LiveStreams, player_inbox_path
 from ingest.rtmp.chunk import ChunkEncoder
 from ingest.rtmp.server import LazyReads, RtmpConnectionHandler
 from ingest.rtmp.session import media_message_bytes
@@ -117,12 +124,20 @@ class IngestWorker:
             return player.mux(pkt)
 
         self.rtsp_packetizer = Packetizer()
+        flv_muxer = FlvMuxer()
         self.consumer = Consumer(ctx, self.subscriber, {
             "rtmp": lambda key: StreamHub(key, mux, self.flusher),
-            "rtsp": lambda key: StreamHub(key, rtsp_mux, self.flusher)})
+            "rtsp": lambda key: StreamHub(key, rtsp_mux, self.flusher),
+            "flv": lambda key: StreamHub(key, flv_muxer, self.flusher)})
         self.stats: dict[StreamKey, StreamStats] = {}
         self.hooks = Hooks()
         self.admission = Admission(cfg, self.hooks)
+        # HTTP-FLV players egress workers pass over (server.publisher_flv_players).
+        self.live = LiveStreams(self.consumer, self.flusher, self.admission,
+                                nagle=not cfg.server.tcp_nodelay)
+        self.inbox = (Inbox(player_inbox_path(cfg.server.run_dir, name))
+                      if cfg.server.publisher_flv_players > 0 else None)
+        self.flv_players = 0
         # Connections by stream, for kicks: their cancel scope, and "publisher" or "player".
         self.sessions: dict[StreamKey, dict[trio.CancelScope, str]] = {}
         self.consumer.control_handlers.append(self._on_control)
@@ -168,9 +183,13 @@ class IngestWorker:
 
     def _announce(self, key: StreamKey, info: dict[str, object]) -> None:
         stream = self.publisher.streams[key]
-        self.publisher.send_control("stream", {
+        body: dict[str, object] = {
             "key": str(key), "owner": self.snapshots.endpoint, "session": stream.session,
-            "worker": self.name, "info": info})
+            "worker": self.name, "info": info}
+        if self.inbox is not None:
+            room = self.cfg.server.publisher_flv_players - self.flv_players
+            body["players"] = {"inbox": self.inbox.path, "room": max(0, room)}
+        self.publisher.send_control("stream", body)
 
     async def _announce_loop(self) -> None:
         while True:
@@ -180,6 +199,33 @@ class IngestWorker:
             self.publisher.send_control("viewers", {
                 "worker": self.name, "pid": os.getpid(),
                 "streams": self.consumer.viewer_counts()})
+
+    # -- HTTP-FLV players passed over by egress workers ----------------------------------------
+
+    async def _take_players(self, inbox: Inbox) -> None:
+        async with trio.open_nursery() as nursery:
+            while True:
+                for conn, message in await inbox.receive():
+                    nursery.start_soon(self._serve_player, conn, message)
+
+    async def _serve_player(self, conn: socket.socket, message: bytes) -> None:
+        try:
+            handover = Handover.decode(message)
+        except ValueError as exc:
+            logger.warning("dropped a passed connection: %s", exc)
+            conn.close()
+            return
+        conn.setblocking(False)
+        key = handover.route.key
+        self.flv_players += 1
+        try:
+            with trio.CancelScope() as scope:  # a kick of the stream's players cancels it
+                self.register(key, scope, "player")
+                await self.live.serve_handed(conn, handover)
+        finally:
+            self.unregister(key, scope)
+            self.flv_players -= 1
+            conn.close()
 
     # -- kicks -------------------------------------------------------------------------------
 
@@ -224,6 +270,8 @@ class IngestWorker:
             nursery.start_soon(self.consumer.serve)
             nursery.start_soon(self._announce_loop)
             nursery.start_soon(self.lazy_reads.run)
+            if self.inbox is not None:
+                nursery.start_soon(self._take_players, self.inbox)
             logger.info("%s serving RTMP on %s, RTSP on %s", self.name,
                         rtmp_sock.getsockname(), rtsp_sock.getsockname())
             srv = self.cfg.server
@@ -243,7 +291,10 @@ def run_ingest_worker(cfg: Config, name: str, rtmp_fd: int, rtsp_fd: int) -> Non
     socks = [socket.socket(fileno=fd) for fd in (rtmp_fd, rtsp_fd)]
     for sock in socks:
         sock.setblocking(False)
+    worker = IngestWorker(cfg, name, ctx)
     try:
-        trio.run(IngestWorker(cfg, name, ctx).serve, socks[0], socks[1])
+        trio.run(worker.serve, socks[0], socks[1])
     finally:
         ctx.destroy(linger=0)
+        if worker.inbox is not None:
+            worker.inbox.close()
