@@ -108,13 +108,15 @@ class Bench:
         self.nginx_missing = servers.nginx_missing()
 
     def start(self, server: str, label: str, *, egress: int | None = None) -> servers.Target:
-        """A fresh server; its log is LOGS/LABEL.log (the last run of that label's)."""
+        """A fresh server; its log is LOGS/LABEL.log (the last run of that label's). With
+        `egress` (the scaling runs), egress workers serve every player."""
         if server == report.NGINX:
             return servers.start_nginx(self.logs, label=label)
         return servers.start_rtmpmate(
             self.logs, ingest=self.args.ingest_workers,
             egress=self.args.egress_workers if egress is None else egress,
-            log_level=self.args.log_level, label=label, source=self.args.rtmpmate_dir)
+            log_level=self.args.log_level, label=label, source=self.args.rtmpmate_dir,
+            egress_only=egress is not None)
 
     def session(self, server: str, plan: list[tuple[str, int]], *,
                 egress: int | None = None) -> list[FanoutResult]:

@@ -165,14 +165,19 @@ def role_of(cmd: str) -> str:
 
 def start_rtmpmate(logdir: Path, *, ingest: int = 1, egress: int = 1,
                    log_level: str = "warning", label: str = "rtmpmate",
-                   source: Path = REPO) -> Target:
+                   source: Path = REPO, egress_only: bool = False) -> Target:
     """rtmpmate from the checkout `source` (this one by default; another one, e.g. an export
-    of an older commit, to measure before and after a change in one invocation)."""
+    of an older commit, to measure before and after a change in one invocation). With
+    `egress_only`, egress workers serve every HTTP player (none goes to the publisher's
+    ingest worker), so that the egress tier itself is measured."""
     # ipc:// paths are limited to about 100 characters: keep the run directory short.
     workdir = Path(tempfile.mkdtemp(prefix="rmb-", dir="/tmp"))
     doc = default_document()
-    doc["server"] = {"ingest_workers": ingest, "egress_workers": egress,
-                     "run_dir": str(workdir / "run"), "log_level": log_level}
+    server: dict[str, object] = {"ingest_workers": ingest, "egress_workers": egress,
+                                 "run_dir": str(workdir / "run"), "log_level": log_level}
+    if egress_only and "publisher_flv_players" in (source / "control" / "config.py").read_text():
+        server["publisher_flv_players"] = 0  # (older checkouts had no such key)
+    doc["server"] = server
     doc["bus"] = {"frontend_tcp": "", "backend_tcp": "", "hwm": 10000}
     rtmp_port, http_port = free_port(), free_port()
     for section, port in (("rtmp", rtmp_port), ("http", http_port), ("rtsp", free_port())):
