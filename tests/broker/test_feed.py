@@ -257,6 +257,38 @@ def test_directory_info_that_is_not_a_dict_is_dropped() -> None:
     assert info.info == {}
 
 
+def test_directory_keeps_where_the_owner_takes_players() -> None:
+    d = StreamDirectory()
+    d.on_control(announce(players={"inbox": "/run/players-ingest-0.sock", "room": 7}), 0.0)
+    info = d.get(KEY, 0.0)
+    assert info is not None
+    assert (info.inbox, info.room, info.handed) == ("/run/players-ingest-0.sock", 7, 0)
+    info.handed = 3  # what this process passed since; the next announce starts again
+    d.on_control(announce(players={"inbox": "/run/players-ingest-0.sock", "room": 4}), 1.0)
+    again = d.get(KEY, 1.0)
+    assert again is not None
+    assert (again.room, again.handed) == (4, 0)
+
+
+@pytest.mark.parametrize("players", [
+    None, "x", {"inbox": 3, "room": 1}, {"inbox": "/p", "room": "1"},
+    {"inbox": "/p", "room": True}, {"room": 2}, {"inbox": "/p"}])
+def test_directory_ignores_a_malformed_players_offer(players: object) -> None:
+    d = StreamDirectory()
+    d.on_control(announce(players=players), 0.0)
+    info = d.get(KEY, 0.0)
+    assert info is not None
+    assert (info.inbox, info.room) == ("", 0)
+
+
+def test_directory_a_negative_room_is_none() -> None:
+    d = StreamDirectory()
+    d.on_control(announce(players={"inbox": "/p", "room": -5}), 0.0)
+    info = d.get(KEY, 0.0)
+    assert info is not None
+    assert info.room == 0
+
+
 def test_directory_expiry() -> None:
     d = StreamDirectory()
     d.on_control(announce(), now=100.0)

@@ -6,10 +6,19 @@ from __future__ import annotations
 import socket
 from typing import TYPE_CHECKING
 
+import pytest
 import trio
 
 from broker.balance import MARGIN
-from broker.handoff import RETRY_FOR_S, Handoff, Outcome, create_table, read_open
+from broker.handoff import (
+    RETRY_FOR_S,
+    Handoff,
+    Inbox,
+    Outcome,
+    create_table,
+    pass_socket,
+    read_open,
+)
 from broker.sockets import serve_accept
 
 if TYPE_CHECKING:
@@ -94,7 +103,7 @@ async def test_a_worker_that_is_gone_leaves_the_connection_here(tmp_path: Path) 
     create_table(run_dir, "egress", 2)
     here = Handoff(run_dir, "egress", 2, 0)
     gone = Handoff(run_dir, "egress", 2, 1)
-    gone.close()  # its socket file stays, nobody reads it: ECONNREFUSED
+    gone.close()  # nobody is bound at its path any more
     for _ in range(MARGIN):
         here.opened()
     a, b = socket.socketpair()
@@ -104,3 +113,29 @@ async def test_a_worker_that_is_gone_leaves_the_connection_here(tmp_path: Path) 
     for s in (a, b):
         s.close()
     here.close()
+
+
+async def test_a_passed_connection_arrives_with_its_message_and_unread_bytes(
+        tmp_path: Path) -> None:
+    inbox = Inbox(str(tmp_path / "players.sock"))
+    sender = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    pairs = [socket.socketpair() for _ in range(3)]
+    for n, (ours, theirs) in enumerate(pairs):
+        theirs.sendall(b"request %d" % n)
+        assert ours.recv(100, socket.MSG_PEEK) == b"request %d" % n  # looked at, not read
+        pass_socket(sender, inbox.path, ours, b"message %d" % n)
+        ours.close()  # the sender's copy: the connection lives on in the receiver
+    with trio.fail_after(WAIT_S):
+        got = await inbox.receive()
+    assert [m for _, m in got] == [b"message %d" % n for n in range(3)]
+    for n, (conn, _) in enumerate(got):
+        assert conn.recv(100) == b"request %d" % n
+        conn.sendall(b"answer")
+        assert pairs[n][1].recv(100) == b"answer"
+        conn.close()
+    inbox.close()
+    with pytest.raises(FileNotFoundError):  # nobody there any more
+        pass_socket(sender, inbox.path, pairs[0][1])
+    sender.close()
+    for _, theirs in pairs:
+        theirs.close()
