@@ -175,8 +175,8 @@ def start_rtmpmate(logdir: Path, *, ingest: int = 1, egress: int = 1,
     doc = default_document()
     server: dict[str, object] = {"ingest_workers": ingest, "egress_workers": egress,
                                  "run_dir": str(workdir / "run"), "log_level": log_level}
-    if egress_only and "publisher_flv_players" in (source / "control" / "config.py").read_text():
-        server["publisher_flv_players"] = 0  # (older checkouts had no such key)
+    if egress_only and "publisher_http_players" in (source / "control" / "config.py").read_text():
+        server["publisher_http_players"] = 0  # (older checkouts had no such key)
     doc["server"] = server
     doc["bus"] = {"frontend_tcp": "", "backend_tcp": "", "hwm": 10000}
     rtmp_port, http_port = free_port(), free_port()

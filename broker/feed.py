@@ -35,7 +35,7 @@ class StreamInfo:
     session: int
     seen_at: float
     info: dict[str, Any] = field(default_factory=dict)
-    # Where the owner takes HTTP-FLV players of this stream (an Inbox path; "" = it does not)
+    # Where the owner takes live HTTP players of this stream (an Inbox path; "" = it does not)
     # and how many more it takes; `handed` counts what this process passed it since.
     inbox: str = ""
     room: int = 0

@@ -2,7 +2,7 @@
 
 Two uses: the workers of a port group even out their connection counts (the decision is
 broker/balance.py's; `Handoff` maps the group's table, a file the supervisor creates in the
-run directory), and an egress worker passes an admitted HTTP-FLV player to the ingest worker
+run directory), and an egress worker passes an admitted live HTTP player to the ingest worker
 that holds the stream's publisher (egress/worker.py). Each receiver binds a Unix datagram
 socket (`Inbox`). One that is restarting leaves its sender to keep the connection; one whose
 queue is full makes the group's sender wait a little (RETRY_FOR_S at most).

@@ -80,11 +80,11 @@ class ServerConfig:
     # True: TCP_NODELAY on players' sockets all along. False (nginx-rtmp's and SRS's way):
     # once a player's start (headers, GOP) is out, its media goes with Nagle's algorithm.
     tcp_nodelay: bool = False
-    # HTTP-FLV and WS-FLV players an ingest worker serves itself, of the streams published on
-    # it: the egress worker that admitted one passes its connection over, and the stream's
-    # frames reach it without crossing the bus. Past this many, egress workers serve them
-    # (more cores for one popular stream); 0 = egress workers always.
-    publisher_flv_players: int = 1000
+    # Live HTTP and WebSocket players (FLV, fMP4) an ingest worker serves itself, of the
+    # streams published on it: the egress worker that admitted one passes its connection
+    # over, and the stream's frames reach it without crossing the bus. Past this many,
+    # egress workers serve them (more cores for one popular stream); 0 = egress always.
+    publisher_http_players: int = 1000
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -470,7 +470,7 @@ def _server(t: _Table) -> ServerConfig:
         max_streams=t.integer("max_streams", 1024, lo=1),
         handshake_timeout_s=t.seconds("handshake_timeout", 10.0),
         tcp_nodelay=t.boolean("tcp_nodelay", False),
-        publisher_flv_players=t.integer("publisher_flv_players", 1000, lo=0),
+        publisher_http_players=t.integer("publisher_http_players", 1000, lo=0),
     )
 
 

@@ -73,8 +73,8 @@ class LiveRoute:
 
 @dataclass(frozen=True, slots=True)
 class Handover:
-    """What travels with an admitted HTTP-FLV player's connection to the ingest worker that
-    holds the publisher (broker/handoff.py). Its request head is still unread in the socket."""
+    """What travels with an admitted live player's connection to the ingest worker that holds
+    the publisher (broker/handoff.py). Its request head is still unread in the socket."""
 
     route: LiveRoute
     cors: dict[str, str]

@@ -5,9 +5,9 @@ another hands a new one over before reading it (broker/handoff.py), so the group
 
 It accepts connections itself: a live FLV request takes the fast path (egress/live.py); every
 other connection is handed, untouched, to hypercorn's HTTP server running the starlette app.
-An admitted HTTP-FLV player of a stream published on this machine goes, its request head still
-unread, to the ingest worker that holds the publisher, which serves it without the bus (up to
-server.publisher_flv_players players per ingest worker).
+An admitted live player (FLV or fMP4, HTTP or WebSocket) of a stream published on this machine
+goes, its request head still unread, to the ingest worker that holds the publisher, which
+serves it without the bus (up to server.publisher_http_players players per ingest worker).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from broker.zsock import BusPublisher, BusSubscriber, bus_endpoints
 from egress.flv_live import FlvMuxer
 from egress.fmp4.live import Fmp4Hub
 from egress.http import EgressApp
-from egress.live import FLV, Handover, LiveRoute, LiveStreams, http_response, peek_head
+from egress.live import Handover, LiveRoute, LiveStreams, http_response, peek_head
 
 if TYPE_CHECKING:
     from control.config import Config
@@ -86,8 +86,8 @@ class EgressServer:
                 conn.recv(head.size)
                 await send_short(conn, refusal)
                 return
-            if (route.format is FLV and head.method == "GET"
-                    and await self.pass_to_publisher(conn, Handover(route, cors, peer))):
+            if head.method == "GET" and await self.pass_to_publisher(
+                    conn, Handover(route, cors, peer)):
                 return
             await self.live.serve(conn, head, route, cors=cors, peer=peer)
         else:

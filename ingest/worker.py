@@ -1,7 +1,8 @@
 """The ingest worker process: RTMP and RTSP publish and play on the inherited listening sockets.
 
-It also serves the HTTP-FLV and WS-FLV players of its own publishers' streams that an egress
-worker admitted and passed over (egress/worker.py): their frames then never cross the bus.
+It also serves the live HTTP and WebSocket players (FLV, fMP4) of its own publishers' streams
+that an egress worker admitted and passed over (egress/worker.py): their frames then never
+cross the bus.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from broker.zsock import (
 from control.admission import Admission
 from control.hooks import Hooks
 from egress.flv_live import FlvMuxer
+from egress.fmp4.live import Fmp4Hub
 from egress.live import Handover, LiveStreams, player_inbox_path
 from ingest.rtmp.chunk import ChunkEncoder
 from ingest.rtmp.server import LazyReads, RtmpConnectionHandler
@@ -128,16 +130,17 @@ class IngestWorker:
         self.consumer = Consumer(ctx, self.subscriber, {
             "rtmp": lambda key: StreamHub(key, mux, self.flusher),
             "rtsp": lambda key: StreamHub(key, rtsp_mux, self.flusher),
-            "flv": lambda key: StreamHub(key, flv_muxer, self.flusher)})
+            "flv": lambda key: StreamHub(key, flv_muxer, self.flusher),
+            "mp4": lambda key: Fmp4Hub(key, self.flusher)})
         self.stats: dict[StreamKey, StreamStats] = {}
         self.hooks = Hooks()
         self.admission = Admission(cfg, self.hooks)
-        # HTTP-FLV players egress workers pass over (server.publisher_flv_players).
+        # Live HTTP players egress workers pass over (server.publisher_http_players).
         self.live = LiveStreams(self.consumer, self.flusher, self.admission,
                                 nagle=not cfg.server.tcp_nodelay)
         self.inbox = (Inbox(player_inbox_path(cfg.server.run_dir, name))
-                      if cfg.server.publisher_flv_players > 0 else None)
-        self.flv_players = 0
+                      if cfg.server.publisher_http_players > 0 else None)
+        self.http_players = 0
         # Connections by stream, for kicks: their cancel scope, and "publisher" or "player".
         self.sessions: dict[StreamKey, dict[trio.CancelScope, str]] = {}
         self.consumer.control_handlers.append(self._on_control)
@@ -187,7 +190,7 @@ class IngestWorker:
             "key": str(key), "owner": self.snapshots.endpoint, "session": stream.session,
             "worker": self.name, "info": info}
         if self.inbox is not None:
-            room = self.cfg.server.publisher_flv_players - self.flv_players
+            room = self.cfg.server.publisher_http_players - self.http_players
             body["players"] = {"inbox": self.inbox.path, "room": max(0, room)}
         self.publisher.send_control("stream", body)
 
@@ -200,7 +203,7 @@ class IngestWorker:
                 "worker": self.name, "pid": os.getpid(),
                 "streams": self.consumer.viewer_counts()})
 
-    # -- HTTP-FLV players passed over by egress workers ----------------------------------------
+    # -- live HTTP players passed over by egress workers ---------------------------------------
 
     async def _take_players(self, inbox: Inbox) -> None:
         async with trio.open_nursery() as nursery:
@@ -217,14 +220,14 @@ class IngestWorker:
             return
         conn.setblocking(False)
         key = handover.route.key
-        self.flv_players += 1
+        self.http_players += 1
         try:
             with trio.CancelScope() as scope:  # a kick of the stream's players cancels it
                 self.register(key, scope, "player")
                 await self.live.serve_handed(conn, handover)
         finally:
             self.unregister(key, scope)
-            self.flv_players -= 1
+            self.http_players -= 1
             conn.close()
 
     # -- kicks -------------------------------------------------------------------------------

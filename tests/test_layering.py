@@ -32,10 +32,10 @@ ALLOWED_PACKAGES: dict[str, frozenset[str]] = {
 WORKER_CONTROL = frozenset({"control.config", "control.hooks", "control.access",
                             "control.admission"})
 ALLOWED_MODULES: dict[str, frozenset[str]] = {"ingest": WORKER_CONTROL, "egress": WORKER_CONTROL}
-# One module, not a package: the ingest worker process serves the HTTP-FLV players egress
-# workers pass it (server.publisher_flv_players) with egress's own live FLV server.
+# One module, not a package: the ingest worker process serves the live HTTP players egress
+# workers pass it (server.publisher_http_players) with egress's own live server and hubs.
 MODULE_EXCEPTIONS: dict[str, frozenset[str]] = {
-    "ingest.worker": frozenset({"egress.live", "egress.flv_live"})}
+    "ingest.worker": frozenset({"egress.live", "egress.flv_live", "egress.fmp4.live"})}
 
 PURE_MODULES = (
     "broker/packet.py", "broker/wire.py", "broker/gop.py", "broker/feed.py",

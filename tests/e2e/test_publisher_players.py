@@ -1,17 +1,21 @@
-"""HTTP-FLV players served by the ingest worker that holds the publisher.
+"""Live HTTP players served by the ingest worker that holds the publisher.
 
-The egress worker that takes the request admits the play and passes the connection over;
-the publisher's worker serves it without the bus, up to server.publisher_flv_players players,
+The egress worker that takes an HTTP-FLV or HTTP-fMP4 request (or its WebSocket form) admits
+the play and passes the connection over;
+the publisher's worker serves it without the bus, up to server.publisher_http_players players,
 and the egress workers serve the rest. Which process serves a player is read from
 `rtmpmate-ctl status` (each worker's viewers, and the egress workers' open connections).
 """
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, Any
 
+import httpx
 import pytest
 
+from tests import mp4_parse
 from tests.e2e.harness import (
     cleanup,
     ffmpeg_record,
@@ -22,6 +26,7 @@ from tests.e2e.harness import (
     start_server,
     wait_until,
 )
+from tests.mp4_parse import find_all
 
 if TYPE_CHECKING:
     import subprocess
@@ -36,7 +41,7 @@ KEY = "live/_definst_/cam"
 
 def cap(players: int) -> Any:
     def tweak(doc: dict[str, Any]) -> None:
-        doc["server"]["publisher_flv_players"] = players
+        doc["server"]["publisher_http_players"] = players
     return tweak
 
 
@@ -98,3 +103,41 @@ def test_a_passed_player_ends_with_the_stream(av_media: Path, tmp_path: Path) ->
         if publisher.poll() is None:
             kill(publisher)
         cleanup(server)
+
+
+def test_an_fmp4_player_is_served_by_the_publishers_worker(av_media: Path) -> None:
+    server = start_server(ingest=1, egress=2)
+    publisher = publish(server, av_media, "cam", loop=True)
+    try:
+        wait_until(lambda: server.stream_status(KEY), 10, "the stream")
+        data = bytearray()
+        with httpx.stream("GET", server.http("/live/cam.mp4"), timeout=10) as response:
+            assert response.status_code == 200
+            assert response.headers["content-type"] == "video/mp4"
+            chunks = response.iter_bytes()
+            counted = time.monotonic() + 10
+            while (server.stream_status(KEY) or {}).get("viewers") != {"http-fmp4": 1}:
+                data += next(chunks)  # the status says within a second; read meanwhile
+                assert time.monotonic() < counted, "the player was not counted"
+            by_worker = serving(server)
+            assert by_worker["ingest-0"][0] == 1, by_worker
+            end = time.monotonic() + 2
+            while time.monotonic() < end:
+                data += next(chunks)
+        boxes = mp4_parse.parse_boxes(bytes(data[:_whole_boxes(data)]))
+        assert [b.type for b in boxes[:2]] == ["ftyp", "moov"]
+        assert len(find_all(boxes, "moof")) >= 30  # two seconds and more of frames
+    finally:
+        kill(publisher)
+        cleanup(server)
+
+
+def _whole_boxes(data: bytearray) -> int:
+    """Bytes of the top-level boxes that came whole."""
+    pos = 0
+    while pos + 8 <= len(data):
+        size = int.from_bytes(data[pos:pos + 4], "big")
+        if size < 8 or pos + size > len(data):
+            break
+        pos += size
+    return pos
