@@ -5,7 +5,8 @@ request (GET of APP/NAME.flv or APP/NAME.mp4, plain or as a WebSocket upgrade) i
 here: after the response head, the stream's hub writes shared, pre-framed bytes into the
 socket with one sendmsg per bus wake-up (broker.fanout.SocketQueue), and no per-frame task,
 await or ASGI layer stands between them. Every other request goes to hypercorn and the
-starlette app.
+starlette app. The same code serves the players that egress workers pass to the ingest
+worker holding a stream's publisher (`Handover`, egress/worker.py).
 """
 
 from __future__ import annotations

@@ -95,7 +95,6 @@ class EgressServer:
             await send_short(conn, http_response("404 Not Found", {"Connection": "close", **cors},
                                                  route.encode()))
 
-
     async def pass_to_publisher(self, conn: socket.socket, handover: Handover) -> bool:
         """Pass the player to the ingest worker that holds the stream's publisher, if it takes
         players and has room; False: serve it here. A full queue (a burst of players) is
