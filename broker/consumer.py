@@ -9,7 +9,7 @@ import trio
 
 from broker import wire
 from broker.feed import FeedState, StreamDirectory
-from broker.zsock import BusSubscriber, fetch_snapshot
+from broker.zsock import BusSubscriber, SnapshotServer, fetch_snapshot
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
@@ -51,9 +51,12 @@ class _Watched:
 
 class Consumer:
     def __init__(self, ctx: zmq.Context[zmq.Socket[bytes]], subscriber: BusSubscriber,
-                 hub_factories: Mapping[str, Callable[[StreamKey], StreamHub]]) -> None:
-        """`hub_factories` names the kinds of hub (one per output format) a stream can have."""
+                 hub_factories: Mapping[str, Callable[[StreamKey], StreamHub]],
+                 local: SnapshotServer | None = None) -> None:
+        """`hub_factories` names the kinds of hub (one per output format) a stream can have;
+        `local` answers for the streams this process publishes, without a socket."""
         self._ctx = ctx
+        self._local = local
         self.subscriber = subscriber
         self.directory = StreamDirectory()
         self._factories = dict(hub_factories)
@@ -184,7 +187,12 @@ class Consumer:
                 with trio.move_on_after(1.5):
                     while (info := self.directory.get(key, trio.current_time())) is None:
                         await self._wait_change()
-            snap = await fetch_snapshot(self._ctx, info.owner, key) if info else None
+            if info is None:
+                snap = None
+            elif self._local is not None and info.owner == self._local.endpoint:
+                snap = self._local.snapshot(key)
+            else:
+                snap = await fetch_snapshot(self._ctx, info.owner, key)
             if watched in self._watched.values():
                 watched.feed.apply_snapshot(snap)
         finally:

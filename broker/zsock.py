@@ -269,6 +269,14 @@ class SnapshotServer:
         self._ctx = ctx
         self._publisher = publisher
 
+    def snapshot(self, key: StreamKey) -> wire.Snapshot | None:
+        """A stream's snapshot as it is now; None if it is not published here. (A consumer in
+        this process takes it directly, without encoding it for the socket.)"""
+        stream = self._publisher.streams.get(key)
+        if stream is None:
+            return None
+        return wire.Snapshot(key, stream.session, stream.next_seq - 1, stream.cache.snapshot())
+
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
                     ) -> NoReturn:
         sock = self._ctx.socket(zmq.ROUTER)
@@ -286,12 +294,11 @@ class SnapshotServer:
                     key = StreamKey.from_topic(topic)
                 except ValueError:
                     continue
-                stream = self._publisher.streams.get(key)
-                if stream is None:
+                snap = self.snapshot(key)
+                if snap is None:
                     reply = wire.encode_no_snapshot(key)
                 else:
-                    reply = wire.encode_snapshot(key, stream.session, stream.next_seq - 1,
-                                                 stream.cache.snapshot())
+                    reply = wire.encode_snapshot(key, snap.session, snap.last_seq, snap.packets)
                 sock.send_multipart([ident, b"", *reply], zmq.NOBLOCK)
         finally:
             close_socket(sock)

@@ -131,7 +131,7 @@ class IngestWorker:
             "rtmp": lambda key: StreamHub(key, mux, self.flusher),
             "rtsp": lambda key: StreamHub(key, rtsp_mux, self.flusher),
             "flv": lambda key: StreamHub(key, flv_muxer, self.flusher),
-            "mp4": lambda key: Fmp4Hub(key, self.flusher)})
+            "mp4": lambda key: Fmp4Hub(key, self.flusher)}, local=self.snapshots)
         self.stats: dict[StreamKey, StreamStats] = {}
         self.hooks = Hooks()
         self.admission = Admission(cfg, self.hooks)

@@ -16,7 +16,9 @@ import trio
 import zmq
 
 from broker import wire, zsock
+from broker.consumer import Consumer
 from broker.feed import FeedState
+from broker.hub import StreamHub
 from broker.packet import Codec, MediaPacket, StreamKey, TrackKind
 from broker.zsock import BusPublisher, BusSubscriber, SnapshotServer, fetch_snapshot
 from tests.broker.test_feed import RecordingSink
@@ -451,3 +453,46 @@ async def test_local_streams_reach_the_own_subscriber_once_and_at_once(
         nursery.cancel_scope.cancel()
     pub.close()
     other.close()
+
+
+async def test_a_consumer_takes_its_own_streams_snapshot_without_a_socket(
+        ctx: Context, bus: Bus) -> None:
+    """The owner's consumer joins a stream it publishes from the snapshot server's state
+    directly: the server never serves here, and the hub still starts from the GOP."""
+    stream = key("own")
+    sub = BusSubscriber(ctx, bus.backend, hwm=HWM)
+    pub = BusPublisher(ctx, bus.frontend, hwm=HWM, local=sub)
+    server = SnapshotServer(ctx, zsock.snapshot_endpoint(bus.run_dir, "own"), pub)
+    got: list[MediaPacket] = []
+    hub_made: list[StreamKey] = []
+
+    class Hub(StreamHub):
+        def __init__(self, key: StreamKey) -> None:
+            super().__init__(key, lambda p, v: b"")
+            hub_made.append(key)
+
+        def on_packet(self, pkt: MediaPacket) -> None:
+            got.append(pkt)
+            super().on_packet(pkt)
+
+    consumer = Consumer(ctx, sub, {"x": Hub}, local=server)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(sub.serve)
+        nursery.start_soon(consumer.serve)
+        await sync_subscriptions(pub, sub)  # the control topic's subscription is in force
+        session = pub.start_session(stream)
+        for p in head(stream) + av_stream(stream, range(8)):
+            pub.publish(p)
+        assert server.snapshot(stream) == wire.Snapshot(
+            stream, session, len(head(stream)) + 15, head(stream) + av_stream(stream, range(5, 8)))
+        assert server.snapshot(key("nobody")) is None
+        pub.send_control("stream", {"key": str(stream), "owner": server.endpoint,
+                                    "session": session})
+        with trio.fail_after(WAIT_S):
+            hub = await consumer.wait_live(stream, kind="x")
+        assert hub is not None
+        assert hub_made == [stream]
+        # The GOP since the last keyframe, then what came after the join (nothing yet).
+        assert got == head(stream) + av_stream(stream, range(5, 8))
+        nursery.cancel_scope.cancel()
+    pub.close()
