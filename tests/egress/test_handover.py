@@ -6,17 +6,18 @@ import contextlib
 
 import msgpack
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from broker.packet import StreamKey
 from egress.live import FLV, FMP4, Handover, LiveRoute, player_inbox_path
 
-names = st.text(st.characters(exclude_characters="/", exclude_categories=["Cs"]),
+names = st.text(st.characters(exclude_characters="/\x00", exclude_categories=["Cs"]),
                 min_size=1, max_size=20)
 headers = st.dictionaries(st.text(max_size=20), st.text(max_size=40), max_size=4)
 
 
+@settings(max_examples=500)
 @given(app=names, inst=names, name=names, cache=st.integers(1, 1 << 20), cors=headers,
        peer=st.text(max_size=50), fmp4=st.booleans())
 def test_round_trip(app: str, inst: str, name: str, cache: int, cors: dict[str, str],
